@@ -1,0 +1,28 @@
+"""truncated-bptt: Transformer-XL with truncated backpropagation through time for fairseq.
+
+Importing this package (directly, or through fairseq's ``--user-dir truncated_bptt``) registers:
+
+- task ``truncated_bptt_lm`` (:mod:`truncated_bptt.truncated_bptt_lm_task`),
+- model ``transformer_xl`` and its presets (:mod:`truncated_bptt.transformer_xl_model`),
+- criterion ``adaptive_cross_entropy`` (:mod:`truncated_bptt.adaptive_cross_entropy_criterion`),
+- optimizer ``nvidia_lamb`` (:mod:`truncated_bptt.lamb_optimizer`),
+- lr scheduler ``cosine_warmup`` (:mod:`truncated_bptt.cosine_warmup_scheduler`),
+
+and allow-lists the types fairseq checkpoints pickle for ``torch.load(weights_only=True)``
+(:mod:`truncated_bptt.checkpoint_safety`).
+"""
+__version__ = "0.1.0"
+
+from truncated_bptt.apex_support import apex_available  # noqa: F401
+from truncated_bptt.checkpoint_safety import allow_fairseq_checkpoint_types
+
+allow_fairseq_checkpoint_types()
+
+# Imported for their @register_* side effects.
+from truncated_bptt import (  # noqa: E402,F401
+    adaptive_cross_entropy_criterion,
+    cosine_warmup_scheduler,
+    lamb_optimizer,
+    transformer_xl_model,
+    truncated_bptt_lm_task,
+)
