@@ -66,20 +66,23 @@ fi
 python=$(find_python)
 echo "setup_env: setting up $stack in $venv with $python"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+pip_() {  # pip of the venv, without the noise of find-links locations that lack a package
+  "$venv/bin/python" -m pip --disable-pip-version-check "$@" \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+}
 # fairseq and fairseq-fixed install the same package: a stack must only ever hold its own.
 other=$([ "$stack" = py310 ] && echo fairseq-fixed || echo fairseq)
-"${pip[@]}" uninstall -y -q "$other" >/dev/null 2>&1 || true
+pip_ uninstall -y -q "$other" >/dev/null 2>&1 || true
 
-"${pip[@]}" install -q "pip<24.1" setuptools wheel
-"${pip[@]}" install -q -r "$root/$reqs"
+pip_ install -q "pip<24.1" setuptools wheel
+pip_ install -q -r "$root/$reqs"
 if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; \
     n, v = '$fairseq_spec'.split('=='); sys.exit(m.version(n) != v)" 2>/dev/null; then
-  "${pip[@]}" install -q --no-deps $fairseq_build_flags "$fairseq_spec"
+  pip_ install -q --no-deps $fairseq_build_flags "$fairseq_spec"
 fi
 # The plugin itself: a regular (non-editable) install, so that `--user-dir truncated_bptt` also
 # resolves from any directory through fairseq's site-packages fallback.
-"${pip[@]}" install -q --no-deps --no-build-isolation --force-reinstall "$root"
+pip_ install -q --no-deps --no-build-isolation --force-reinstall "$root"
 "$venv/bin/python" - <<PY
 import torch, fairseq, truncated_bptt
 print(f"setup_env: $stack ready: python {__import__('sys').version.split()[0]}, torch {torch.__version__}, "
