@@ -1,0 +1,143 @@
+"""Transformer-XL's relative positional multi-head attention (Dai et al. 2019, section 3.3).
+
+For a query at key position ``p`` and a key at position ``j`` (distance ``p - j``), head by head::
+
+    score(p, j) = [(q_p + u) . k_j  +  (q_p + v) . R_{p - j}] / sqrt(d_head)
+
+where ``k_j`` covers ``[memory; current segment]``, ``R`` are sinusoidal relative encodings projected
+per layer (``r_net``), and ``u``/``v`` are the learned global content/position biases
+(``r_w_bias``/``r_r_bias``). The position term is computed for all (query, encoding) pairs with one
+matmul and then realigned to (query, key) pairs by the pad-and-reshape "relative shift", so no Python
+loop over positions and no gather are needed.
+
+Layouts are batch-first: hidden states ``[B, T, d_model]``, memory ``[B, M, d_model]``,
+``K = M + T`` keys; scores ``[B, n_head, T, K]``.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Masked scores are filled with this finite value (softmax runs in fp32, where exp() of it is 0).
+# Finite on purpose: a fully masked row then gives a uniform distribution instead of NaNs, and no
+# -inf ever meets half-precision arithmetic.
+MASK_VALUE = -1e30
+
+
+def relative_positions(klen: int, clamp_len: int, device=None) -> Tensor:
+    """Relative distances ``[klen]`` in descending order ``klen-1, ..., 0``, clipped at ``clamp_len``.
+
+    Entry ``c`` is the distance that encoding row ``c`` stands for; ``clamp_len <= 0`` means no clamp.
+    """
+    pos = torch.arange(klen - 1, -1, -1, device=device, dtype=torch.float32)
+    if clamp_len > 0:
+        pos = pos.clamp_(max=clamp_len)
+    return pos
+
+
+def sinusoidal_encoding(positions: Tensor, d_model: int) -> Tensor:
+    """Transformer sinusoids ``[len(positions), d_model]`` = ``[sin(pos * f), cos(pos * f)]`` (fp32)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0.0, d_model, 2.0, device=positions.device) / d_model))
+    angles = torch.outer(positions.float(), inv_freq)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def rel_shift(x_padded: Tensor) -> Tensor:
+    """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
+
+    ``x_padded``: ``[..., T, K + 1]``, contiguous, whose column 0 is zero (the pad) and whose column
+    ``c + 1`` holds the score of query ``i`` against encoding row ``c`` (distance ``K - 1 - c``).
+    Returns a view ``[..., T, K]`` with ``out[..., i, j] = x[..., i, T - 1 + j - i]``: the score for
+    distance ``M + i - j`` (``M = K - T``) wherever ``j <= M + i``. Entries above that causal diagonal
+    are other rows' values and must be masked by the caller.
+
+    Reading the padded ``[T, K + 1]`` block flat, skipping its first ``T`` entries and reading the rest
+    as ``[T, K]`` shifts row ``i`` left by ``T - 1 - i`` places: no copy, no loop.
+    """
+    *batch, qlen, klen_plus_1 = x_padded.shape
+    klen = klen_plus_1 - 1
+    flat = x_padded.reshape(*batch, qlen * klen_plus_1)
+    return flat[..., qlen:].view(*batch, qlen, klen)
+
+
+def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int, device=None) -> Tensor:
+    """Boolean mask ``[qlen, mlen + qlen]``, True where query ``i`` must NOT see key ``j``.
+
+    Query ``i`` sits at key position ``p = mlen + i``. Causal: keys ``j > p`` are masked.
+    ``same_length`` (the authors' / NVIDIA's / HuggingFace's variant): additionally keys at distance
+    ``p - j >= mem_len`` are masked, so every query sees exactly the ``mem_len`` most recent keys
+    including itself (fewer only where fewer exist). With a full memory (``mlen == mem_len``) the
+    oldest memory key is therefore never seen, exactly as in the original code.
+    """
+    p = torch.arange(mlen, mlen + qlen, device=device).unsqueeze(1)
+    j = torch.arange(mlen + qlen, device=device).unsqueeze(0)
+    mask = j > p
+    if same_length:
+        mask = mask | (p - j >= mem_len)
+    return mask
+
+
+class RelativeMultiHeadAttention(nn.Module):
+    """Relative multi-head attention sublayer with residual connection and LayerNorm.
+
+    Parameters follow the original ``RelPartialLearnableMultiHeadAttn``: ``qkv_net`` (fused q/k/v,
+    no bias), ``r_net`` (positional keys, no bias), ``o_net`` (no bias), ``layer_norm``. The biases
+    ``u``/``v`` are passed in, so they can be shared across layers or owned per layer.
+    """
+
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float,
+                 pre_lnorm: bool = False):
+        super().__init__()
+        self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
+        self.scale = 1.0 / math.sqrt(d_head)
+        self.pre_lnorm = pre_lnorm
+        self.dropout, self.dropatt = dropout, dropatt
+        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
+        self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, h: Tensor, pos_emb: Tensor, r_w_bias: Tensor, r_r_bias: Tensor,
+                mask: Optional[Tensor], mem: Optional[Tensor] = None) -> Tensor:
+        """
+        h: ``[B, T, d_model]`` current segment; mem: ``[B, M, d_model]`` or None (detached).
+        pos_emb: ``[K + 1, d_model]`` encodings whose row 0 is zero and rows ``1..K`` stand for
+        distances ``K-1, ..., 0`` (see :func:`rel_shift`); r_w_bias/r_r_bias: ``[n_head, d_head]``.
+        mask: bool ``[T, K]`` (True = hidden) or None. Returns ``[B, T, d_model]``.
+        """
+        bsz, qlen, _ = h.shape
+        n_head, d_head, hd = self.n_head, self.d_head, self.n_head * self.d_head
+        x = self.layer_norm(h) if self.pre_lnorm else h
+        w_q, w_kv = self.qkv_net.weight.split([hd, 2 * hd], dim=0)
+        # Queries only for the current segment; keys/values for memory are computed separately so
+        # autograd never forms a gradient for the (detached) memory inputs.
+        q = F.linear(x, w_q)
+        kv = F.linear(x, w_kv)
+        if mem is not None and mem.size(1) > 0:
+            m = self.layer_norm(mem) if self.pre_lnorm else mem
+            kv = torch.cat([F.linear(m, w_kv), kv], dim=1)
+        klen = kv.size(1)
+        k, v = kv.view(bsz, klen, 2, n_head, d_head).unbind(2)
+        q = q.view(bsz, qlen, n_head, d_head)
+        r = F.linear(pos_emb, self.r_net.weight).view(klen + 1, n_head, d_head)
+
+        # Scale folded into the (small) queries instead of the (large) scores.
+        q_content = ((q + r_w_bias) * self.scale).transpose(1, 2)  # [B, H, T, Dh]
+        q_position = ((q + r_r_bias) * self.scale).transpose(1, 2)
+        position = torch.matmul(q_position, r.permute(1, 2, 0))  # [B, H, T, K + 1], col 0 = 0
+        score = torch.matmul(q_content, k.permute(0, 2, 3, 1))  # [B, H, T, K]
+        score = score + rel_shift(position)
+        if score.dtype != torch.float32:  # mask and normalise in fp32 (half cannot hold MASK_VALUE)
+            score = score.float()
+        if mask is not None:
+            score = score.masked_fill(mask, MASK_VALUE)
+        prob = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)
+        prob = F.dropout(prob, p=self.dropatt, training=self.training)
+        attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
+        attn = attn.transpose(1, 2).reshape(bsz, qlen, hd)
+        out = F.dropout(self.o_net(attn), p=self.dropout, training=self.training)
+        if self.pre_lnorm:
+            return h + out
+        return self.layer_norm(h + out)

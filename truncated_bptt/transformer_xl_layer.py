@@ -1,0 +1,56 @@
+"""One Transformer-XL decoder layer: relative attention sublayer, then position-wise feed-forward."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from truncated_bptt.relative_attention import RelativeMultiHeadAttention
+
+
+class PositionwiseFeedForward(nn.Module):
+    """``LayerNorm(x + Dropout(W2 Dropout(ReLU(W1 x))))`` (post-norm) or its pre-norm form."""
+
+    def __init__(self, d_model: int, d_inner: int, dropout: float, pre_lnorm: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_inner)
+        self.fc2 = nn.Linear(d_inner, d_model)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.dropout = dropout
+        self.pre_lnorm = pre_lnorm
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h: ``[..., d_model]`` -> ``[..., d_model]``."""
+        x = self.layer_norm(h) if self.pre_lnorm else h
+        x = F.dropout(F.relu(self.fc1(x)), p=self.dropout, training=self.training)
+        x = F.dropout(self.fc2(x), p=self.dropout, training=self.training)
+        if self.pre_lnorm:
+            return h + x
+        return self.layer_norm(h + x)
+
+
+class TransformerXLLayer(nn.Module):
+    """Attention over ``[memory; segment]`` followed by the feed-forward block.
+
+    With ``untie_r`` the layer owns its ``r_w_bias``/``r_r_bias`` (``u``/``v``); otherwise the
+    decoder passes the shared ones to :meth:`forward`.
+    """
+
+    def __init__(self, n_head, d_model, d_head, d_inner, dropout, dropatt, pre_lnorm=False,
+                 untie_r=False):
+        super().__init__()
+        self.attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
+        self.ff = PositionwiseFeedForward(d_model, d_inner, dropout, pre_lnorm)
+        if untie_r:
+            self.r_w_bias = nn.Parameter(torch.empty(n_head, d_head))
+            self.r_r_bias = nn.Parameter(torch.empty(n_head, d_head))
+        else:
+            self.r_w_bias = self.r_r_bias = None
+
+    def forward(self, h: Tensor, pos_emb: Tensor, mask: Optional[Tensor], mem: Optional[Tensor],
+                r_w_bias: Optional[Tensor] = None, r_r_bias: Optional[Tensor] = None) -> Tensor:
+        """h ``[B, T, d]``, mem ``[B, M, d]`` or None, pos_emb ``[K + 1, d]``, mask ``[T, K]``."""
+        if self.r_w_bias is not None:
+            r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
+        return self.ff(self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem))
+
