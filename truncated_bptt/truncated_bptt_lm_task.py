@@ -1,1 +1,257 @@
-"""Work in progress."""
+"""Task ``truncated_bptt_lm``: language modelling on ordered streams for a model with memory.
+
+The split's tokens, in order, are cut into ``batch_size x world_size`` contiguous streams; each
+training (or validation, or fairseq-eval-lm) step gives every stream its next ``tokens_per_sample``
+tokens, so a Transformer-XL's memory always holds the text that really came before
+(:mod:`truncated_bptt.stream_dataset`). Batches carry ``memory_key`` (the split name) and
+``segment_index`` (0 at the start of every pass), so the model keeps one memory per split and
+empties it at the start of each pass: training memory never reaches validation and vice versa.
+
+Checkpoints taken mid-epoch hold the stream position and the streams' memory (gathered from all
+data-parallel ranks), so ``--restore-file`` continues exactly where the run stopped
+(:mod:`truncated_bptt.stream_iterator`, :mod:`truncated_bptt.stream_memory`).
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from fairseq import utils
+from fairseq.data import Dictionary
+from fairseq.data.indexed_dataset import get_available_dataset_impl
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.distributed import utils as distributed_utils
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, OmegaConf
+
+from truncated_bptt.stream_dataset import StreamDataset
+from truncated_bptt.stream_iterator import StreamEpochBatchIterator
+from truncated_bptt.stream_memory import StreamMemoryKeeper
+from truncated_bptt.tf32 import configure_tf32
+from truncated_bptt.token_stream import TokenStream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TruncatedBPTTLMConfig(FairseqDataclass):
+    data: str = field(
+        default="???",
+        metadata={
+            "help": "fairseq-preprocess output directory; several joined by ':' are used in turn, "
+            "one per epoch (validation always uses the first)"
+        },
+    )
+    tokens_per_sample: int = field(
+        default=192,
+        metadata={"help": "tokens of each stream per step (the truncated BPTT segment length)"},
+    )
+    disable_tf32: bool = field(
+        default=False,
+        metadata={"help": "keep fp32 matmuls in full fp32 precision (TF32 is on by default)"},
+    )
+    dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
+    # Read (not set) here to know when a checkpoint may follow an update, so that the memory of
+    # all ranks is gathered in time; not command-line options of the task.
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    max_update: int = II("optimization.max_update")
+
+
+@register_task("truncated_bptt_lm", dataclass=TruncatedBPTTLMConfig)
+class TruncatedBPTTLMTask(FairseqTask):
+    """Language modelling with truncated BPTT over ordered, per-rank streams."""
+
+    def __init__(self, cfg: TruncatedBPTTLMConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.memory_keeper = StreamMemoryKeeper()
+        self._warned_max_tokens = False
+
+    @classmethod
+    def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
+        if cfg.tokens_per_sample <= 0:
+            raise ValueError(
+                f"--tokens-per-sample must be positive (got {cfg.tokens_per_sample}); "
+                "fairseq-eval-lm subtracts --context-window from it, which this task does not use: "
+                "set the model's mem_len (--model-overrides \"{'mem_len': N}\") instead"
+            )
+        paths = utils.split_paths(cfg.data)
+        for path in paths:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"data directory {path!r} does not exist: pass the --destdir of "
+                    "fairseq-preprocess --only-source (several joined by ':')"
+                )
+        dictionary = cls._load_dictionary(paths[0])
+        for path in paths[1:]:
+            if cls._load_dictionary(path).symbols != dictionary.symbols:
+                raise ValueError(
+                    f"the dictionary of {path} differs from that of {paths[0]}: preprocess every "
+                    f"shard with one dictionary (fairseq-preprocess --srcdict {paths[0]}/dict.txt)"
+                )
+        logger.info("dictionary: %d types", len(dictionary))
+        configure_tf32(not cfg.disable_tf32)
+        return cls(cfg, dictionary)
+
+    @staticmethod
+    def _load_dictionary(path):
+        filename = os.path.join(path, "dict.txt")
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(
+                f"no dictionary {filename}: make the data directory with "
+                "fairseq-preprocess --only-source --destdir DIR"
+            )
+        return Dictionary.load(filename)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return None  # any length: segments are read with the model's memory
+
+    # ---- data --------------------------------------------------------------------------------
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        """Load ``split`` of the data directory of this epoch (``a:b:c`` rotate per epoch)."""
+        paths = utils.split_paths(self.cfg.data)
+        path = paths[(epoch - 1) % len(paths)]
+        stream = TokenStream.load(
+            os.path.join(path, split), self.dictionary, name=split, combine=combine,
+            dataset_impl=self._root_setting("dataset_impl", int_value=False),
+        )
+        if stream is None:
+            raise FileNotFoundError(
+                f"split {split!r} not found in {path} (no {split}.bin/.idx): preprocess it "
+                "(fairseq-preprocess --trainpref/--validpref/--testpref) or name existing splits "
+                "with --train-subset/--valid-subset/--gen-subset"
+            )
+        if len(stream) == 0:
+            raise ValueError(
+                f"split {split!r} in {path} is empty (0 tokens): preprocess a non-empty text file "
+                "for it"
+            )
+        logger.info("%s: %s tokens from %s", split, f"{len(stream):,}", stream.source)
+        self.datasets[split] = stream
+
+    def get_batch_iterator(
+        self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+        ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+        shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
+        skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False,
+        **kwargs,
+    ):
+        """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
+        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions`` and batching by size do
+        not apply."""
+        if max_sentences is None:
+            if max_tokens is not None:
+                raise ValueError(
+                    "truncated_bptt_lm batches by streams, not by --max-tokens: set --batch-size "
+                    "(streams per GPU; a step has --batch-size x --tokens-per-sample tokens)"
+                )
+            raise ValueError("truncated_bptt_lm needs --batch-size (streams per GPU)")
+        if max_tokens is not None and not self._warned_max_tokens:
+            self._warned_max_tokens = True
+            logger.warning(
+                "--max-tokens is ignored by truncated_bptt_lm: a step has --batch-size x "
+                "--tokens-per-sample tokens"
+            )
+        num_streams = max_sentences * num_shards
+        if len(dataset) < num_streams:
+            raise ValueError(
+                f"split {dataset.name!r} has {len(dataset)} tokens, fewer than its "
+                f"{num_streams} streams (--batch-size {max_sentences} x {num_shards} processes) "
+                "need: lower --batch-size (--batch-size-valid for validation)"
+            )
+        streams = StreamDataset(
+            dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
+            pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
+        )
+        return StreamEpochBatchIterator(
+            streams, epoch=epoch, num_workers=num_workers, buffer_size=data_buffer_size,
+            skip_remainder_batch=skip_remainder_batch, memory_keeper=self.memory_keeper,
+        )
+
+    def eval_lm_dataloader(
+        self, dataset, max_tokens: Optional[int] = 36000, batch_size: Optional[int] = None,
+        max_positions: Optional[int] = None, num_shards: int = 1, shard_id: int = 0,
+        num_workers: int = 1, data_buffer_size: int = 10, context_window: int = 0,
+    ):
+        """fairseq-eval-lm: ``batch_size`` streams (1 if unset) scored in order, each token once.
+
+        ``max_tokens`` (fairseq-eval-lm always passes one) and ``max_positions`` do not apply.
+        """
+        if context_window > 0:
+            raise ValueError(
+                "--context-window does not apply to truncated_bptt_lm: every token is scored once "
+                "with the model's memory as its context; enlarge that with "
+                "--model-overrides \"{'mem_len': N}\" instead"
+            )
+        streams = batch_size or 1
+        logger.info(
+            "scoring %s in %d stream(s) of ~%s tokens, %d tokens per step",
+            dataset.name, streams * num_shards, f"{len(dataset) // (streams * num_shards):,}",
+            self.cfg.tokens_per_sample,
+        )
+        return self.get_batch_iterator(
+            dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
+            num_workers=num_workers, data_buffer_size=data_buffer_size,
+        ).next_epoch_itr(shuffle=False)
+
+    # ---- model and criterion -----------------------------------------------------------------
+    def build_criterion(self, cfg):
+        """fairseq's default ``cross_entropy`` becomes ``adaptive_cross_entropy`` (same loss)."""
+        from fairseq import criterions
+
+        if getattr(cfg, "_name", None) == "cross_entropy":
+            logger.info(
+                "criterion cross_entropy -> adaptive_cross_entropy: same loss, computed only for "
+                "the targets' adaptive-softmax clusters instead of full-vocabulary logits"
+            )
+            cfg = OmegaConf.create(
+                {"_name": "adaptive_cross_entropy", "sentence_avg": cfg.sentence_avg}
+            )
+        return criterions.build_criterion(cfg, self)
+
+    # ---- training hooks: keep the training streams' memory checkpointable --------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self.memory_keeper.before_train_forward(model, sample)
+        result = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad
+        )
+        self.memory_keeper.after_train_forward()
+        return result
+
+    def optimizer_step(self, optimizer, model, update_num):
+        super().optimizer_step(optimizer, model, update_num)
+        if distributed_utils.get_data_parallel_world_size() > 1 and self._may_checkpoint_after(
+            update_num + 1
+        ):
+            self.memory_keeper.snapshot()
+
+    def _may_checkpoint_after(self, num_updates):
+        every, last = self._root_setting("save_interval_updates"), self._root_setting("max_update")
+        return (every > 0 and num_updates % every == 0) or (last > 0 and num_updates >= last)
+
+    def _root_setting(self, name, int_value=True):
+        """A setting the task reads from fairseq's other config groups: an int (0 when unset) or
+        the value (None when unset); unavailable for a task config built on its own."""
+        try:
+            value = getattr(self.cfg, name)
+        except Exception:  # an interpolation without its root config
+            value = None
+        if isinstance(value, str) and value.startswith("${"):  # a plain dataclass instance
+            value = None
+        if isinstance(value, Enum):
+            value = value.value
+        return int(value or 0) if int_value else value
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        if distributed_utils.get_data_parallel_world_size() > 1:
+            self.memory_keeper.snapshot()
