@@ -27,27 +27,31 @@ esac
 
 die() { echo "setup_env: $*" >&2; exit 1; }
 
-is_version() {  # is_version PYTHON X.Y: does this interpreter run and report version X.Y?
+is_version() {  # is_version PYTHON: does this interpreter run and report version $want?
   local v
-  v=$("$@" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || return 1
+  v=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || return 1
   [ "$v" = "$want" ]
+}
+
+real_path() {  # the interpreter itself, not a pyenv shim that depends on PYENV_VERSION
+  "$1" -c 'import sys; print(sys.executable)'
 }
 
 find_python() {
   if [ -n "$override" ]; then
     is_version "$override" || die "the interpreter you named ($override) is not a working Python $want."
-    echo "$override"; return
+    real_path "$override"; return
   fi
   local c
   for c in "python$want" "$HOME/.pyenv/versions/$want"*/bin/python3 \
            /usr/local/bin/python$want /usr/bin/python$want; do
-    if command -v "$c" >/dev/null 2>&1 && is_version "$c"; then command -v "$c"; return; fi
+    if command -v "$c" >/dev/null 2>&1 && is_version "$c"; then real_path "$c"; return; fi
   done
   if command -v pyenv >/dev/null 2>&1; then
     local v
     for v in $(pyenv versions --bare 2>/dev/null | grep -E "^$want(\.[0-9]+)?$" | sort -rV); do
       c=$(pyenv root)/versions/$v/bin/python3
-      if is_version "$c"; then echo "$c"; return; fi
+      if is_version "$c"; then real_path "$c"; return; fi
     done
   fi
   die "no Python $want found (looked for python$want on PATH and in pyenv).
