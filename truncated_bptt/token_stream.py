@@ -6,6 +6,7 @@ each ending with the ``eos`` that ``fairseq-preprocess`` appends (the convention
 :class:`~truncated_bptt.stream_dataset.StreamDataset` cuts it into streams and batches.
 """
 import logging
+import os
 from typing import Optional
 
 import numpy as np
@@ -46,12 +47,16 @@ class TokenStream(FairseqDataset):
         Returns None when no such data exists. Token ids are kept as int32 (4 bytes a token) when
         the dictionary allows it, since a whole split stays in memory.
         """
+        dtype = np.int32 if len(dictionary) < 2**31 else np.int64
+        bin_file = path + ".bin"
+        if os.path.isfile(bin_file) and os.path.getsize(bin_file) == 0:
+            # fairseq-preprocess of an empty file; fairseq's memory-mapped reader cannot open it
+            return cls(torch.from_numpy(np.zeros(0, dtype=dtype)), name=name, source=path)
         data = data_utils.load_indexed_dataset(
             path, dictionary, dataset_impl=dataset_impl, combine=combine
         )
         if data is None:
             return None
-        dtype = np.int32 if len(dictionary) < 2**31 else np.int64
         lines = [np.asarray(data[i], dtype=dtype) for i in range(len(data))]
         tokens = np.concatenate(lines) if lines else np.zeros(0, dtype=dtype)
         return cls(torch.from_numpy(tokens), name=name, source=path)

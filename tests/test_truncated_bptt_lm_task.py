@@ -1,0 +1,274 @@
+"""truncated_bptt_lm through the real fairseq-train / fairseq-eval-lm (and torchrun) on corpora
+whose words name their position (train word i is "t<i>", valid "v<i>", test "e<i>")."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from fairseq_cli import BIN, USER_DIR, cli_env, preprocess, run, write_lines
+
+WORDS_PER_LINE = 7
+SIZES = {"train": 480, "valid": 90, "test": 61}
+PREFIX = {"train": "t", "valid": "v", "test": "e"}
+TINY = ["--arch", "transformer_xl_tiny", "--cpu", "--seed", "7", "--log-format", "json",
+        "--log-interval", "1", "--optimizer", "adam", "--lr", "0.003", "--num-workers", "0"]
+
+
+def corpus_text(split, n):
+    words = [f"{PREFIX[split]}{i}" for i in range(n)]
+    return [" ".join(words[i:i + WORDS_PER_LINE]) for i in range(0, n, WORDS_PER_LINE)]
+
+
+def make_corpus(root, sizes=SIZES, dictionary_words=None):
+    """Text and fairseq-preprocess output under ``root``; one dictionary holding every word."""
+    text, data = os.path.join(root, "text"), os.path.join(root, "data")
+    for split, n in sizes.items():
+        write_lines(os.path.join(text, f"{split}.txt"), corpus_text(split, n))
+    words = dictionary_words or [f"{PREFIX[s]}{i}" for s, n in SIZES.items() for i in range(n)]
+    write_lines(os.path.join(root, "dict.txt"), [f"{w} 1" for w in words])
+    preprocess(text, data, splits=tuple(sizes), extra=["--srcdict", os.path.join(root, "dict.txt")])
+    return data
+
+
+def split_tokens(split, n):
+    """The split as fairseq reads it: every line's words, then eos."""
+    out = []
+    for line in corpus_text(split, n):
+        out += line.split() + ["</s>"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+def train(data, save_dir, *args, env=None, check=True):
+    return run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+               "--save-dir", save_dir, *TINY, *args, env=env, check=check)
+
+
+def losses(log):
+    """{num_updates: loss} from fairseq's json train_inner lines."""
+    out = {}
+    for line in log.splitlines():
+        if "| train_inner |" in line:
+            stats = json.loads(line.split("| train_inner | ", 1)[1])
+            out[int(stats["num_updates"])] = float(stats["loss"])
+    return out
+
+
+def params(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- exact resume, memory isolation
+def test_resume_mid_epoch_is_exact_and_validation_never_touches_training_memory(data, tmp_path):
+    """480 train tokens (+69 eos) in 4 streams of 8-token steps: 18 steps per epoch. Stopping at
+    update 10 and resuming to 22 (past the epoch boundary) must equal an uninterrupted run bit for
+    bit (dropout 0.1 on: fairseq reseeds every update). The uninterrupted run validates after every
+    update, the interrupted ones never: validation must not disturb the training streams."""
+    common = ["--tokens-per-sample", "8", "--batch-size", "4"]
+    full = train(data, tmp_path / "full", *common, "--max-update", "22",
+                 "--validate-interval-updates", "1", "--no-epoch-checkpoints")
+    first = train(data, tmp_path / "part", *common, "--max-update", "10", "--disable-validation",
+                  "--no-epoch-checkpoints")
+    assert "restored the memory" not in first
+    resumed = train(data, tmp_path / "part", *common, "--max-update", "22",
+                    "--disable-validation", "--no-epoch-checkpoints")
+    assert "restored the memory of streams 0-3 at step 10" in resumed
+    full_losses, resumed_losses = losses(full), losses(resumed)
+    assert sorted(resumed_losses) == list(range(11, 23))
+    assert {u: full_losses[u] for u in resumed_losses} == resumed_losses
+    a, b = params(tmp_path / "full" / "checkpoint_last.pt"), params(tmp_path / "part" / "checkpoint_last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_without_the_memory_is_not_exact(data, tmp_path):
+    """The memory matters: resuming from the same checkpoint with its memory removed diverges."""
+    common = ["--tokens-per-sample", "8", "--batch-size", "4", "--disable-validation",
+              "--no-epoch-checkpoints"]
+    train(data, tmp_path / "a", *common, "--max-update", "10")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["extra_state"]["train_iterator"]["iterations_in_epoch"] == 10
+    del ckpt["extra_state"]["train_iterator"]["stream_memory"]
+    torch.save(ckpt, tmp_path / "b" / "checkpoint_last.pt")
+    with_memory = losses(train(data, tmp_path / "a", *common, "--max-update", "11"))
+    without = train(data, tmp_path / "b", *common, "--max-update", "11")
+    assert "has no memory" in without
+    assert losses(without)[11] != with_memory[11]
+
+
+# ---------------------------------------------------------------- distributed
+def torchrun(nproc, *args):
+    env = cli_env()
+    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), os.path.join(BIN, "fairseq-train"),
+           *[str(a) for a in args]]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc.stdout
+
+
+def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, tmp_path):
+    """W=2, B=2 (gloo on CPU, stopped mid-epoch and resumed, so the memory of both ranks goes
+    through the checkpoint) gives the per-update losses and parameters of W=1, B=4. Dropout is 0
+    here: each process draws its own dropout masks, so with dropout only the statistics agree."""
+    common = ["--tokens-per-sample", "8", "--disable-validation", "--no-epoch-checkpoints",
+              "--dropout", "0"]
+    single = train(data, tmp_path / "w1", *common, "--batch-size", "4", "--max-update", "14")
+    dist = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+    args = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir",
+            tmp_path / "w2", *TINY, *common, *dist, "--batch-size", "2"]
+    first = torchrun(2, *args, "--max-update", "8", "--save-interval-updates", "8")
+    assert "distributed init (rank 1)" in first
+    resumed = torchrun(2, *args, "--max-update", "14")
+    assert "restored the memory of streams 2-3 at step 8" in resumed
+    expected = losses(single)
+    got = {**losses(first), **losses(resumed)}
+    assert sorted(got) == list(range(1, 15))
+    for u in got:
+        assert got[u] == pytest.approx(expected[u], abs=2e-3), u
+    a, b = params(tmp_path / "w1" / "checkpoint_last.pt"), params(tmp_path / "w2" / "checkpoint_last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- fairseq-eval-lm
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("ckpt")
+    train(data, save_dir, "--tokens-per-sample", "8", "--batch-size", "4", "--max-update", "3",
+          "--disable-validation", "--no-epoch-checkpoints")
+    return os.path.join(save_dir, "checkpoint_last.pt")
+
+
+def eval_lm(data, checkpoint, *args, check=True):
+    return run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+               "--path", checkpoint, "--cpu", "--gen-subset", "test", *args, check=check)
+
+
+def test_eval_lm_scores_every_token_once_in_order(data, checkpoint):
+    """61 test words + 9 eos = 70 tokens in 3 streams (24, 23, 23) of 5-token steps; with
+    --output-word-probs fairseq-eval-lm prints each row's scored targets, tagged with the sample id
+    (step * 3 + stream): concatenated per stream they must give back the test split exactly."""
+    out = eval_lm(data, checkpoint, "--tokens-per-sample", "5", "--batch-size", "3",
+                  "--output-word-probs", "--model-overrides", "{'mem_len': 12}")
+    expected = split_tokens("test", SIZES["test"])
+    assert f"Evaluated {len(expected)} tokens" in out
+    per_stream = {0: [], 1: [], 2: []}
+    for line in out.splitlines():
+        m = re.search(r"\| fairseq_cli.eval_lm \| (\d+) (.*)$", line)
+        if m and "[" in m.group(2):
+            sample_id = int(m.group(1))
+            words = re.findall(r"(\S+) \[-?[\d.]+\]", m.group(2))
+            per_stream[sample_id % 3].append((sample_id // 3, words))
+    scored = []
+    for stream in range(3):
+        steps = sorted(per_stream[stream])
+        assert [s for s, _ in steps] == list(range(len(steps)))
+        scored += [w for _, words in steps for w in words]
+    assert scored == expected
+    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", out).group(1))
+    assert loss > 0
+
+
+def test_eval_lm_refuses_context_window(data, checkpoint):
+    proc = eval_lm(data, checkpoint, "--tokens-per-sample", "8", "--context-window", "4",
+                   check=False)
+    assert proc.returncode != 0
+    assert "--context-window does not apply to truncated_bptt_lm" in proc.stdout
+    assert "mem_len" in proc.stdout.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- bad input
+def last_line(proc):
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory):
+    """Corner cases from one fairseq-preprocess run: a 3-token valid split, an empty test split,
+    a copy without dictionary, a copy whose dictionary differs."""
+    root = tmp_path_factory.mktemp("odd")
+    text = root / "text"
+    write_lines(str(text / "train.txt"), corpus_text("train", 40))
+    write_lines(str(text / "valid.txt"), corpus_text("valid", 2))
+    write_lines(str(text / "test.txt"), [])
+    good = str(root / "good")
+    preprocess(str(text), good)
+    no_dict, other = str(root / "no_dict"), str(root / "other")
+    shutil.copytree(good, no_dict)
+    os.remove(os.path.join(no_dict, "dict.txt"))
+    shutil.copytree(good, other)
+    with open(os.path.join(other, "dict.txt"), "a", encoding="utf-8") as f:
+        f.write("extra 1\n")
+    return {"good": good, "no_dict": no_dict, "sharded": f"{good}:{other}",
+            "missing": str(root / "nowhere")}
+
+
+BAD_INPUT = [
+    ("missing", ["--batch-size", "1"], "does not exist: pass the --destdir of fairseq-preprocess"),
+    ("no_dict", ["--batch-size", "1"], "no dictionary"),
+    ("good", ["--batch-size", "1", "--valid-subset", "dev"], "split 'dev' not found"),
+    ("good", ["--batch-size", "1", "--train-subset", "test"], "split 'test' in"),
+    ("good", ["--batch-size", "4"], "split 'valid' has 3 tokens, fewer than its 4 streams"),
+    ("good", ["--max-tokens", "64"], "set --batch-size"),
+    ("good", ["--batch-size", "1", "--tokens-per-sample", "0"], "--tokens-per-sample must be positive"),
+    ("sharded", ["--batch-size", "1"], "differs from that of"),
+]
+
+# Runs fairseq-train's entry point (what the console script calls) once per case in one process,
+# to pay fairseq's import time once; prints one JSON line per case.
+DRIVER = """
+import json, sys
+from fairseq_cli.train import cli_main
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["fairseq-train"] + argv
+    try:
+        cli_main()
+        result = {"error": None}
+    except BaseException as e:
+        result = {"type": type(e).__name__, "error": str(e)}
+    print("RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def bad_input_argv(odd_data, tmp_path, case, args):
+    return [odd_data[case], "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir",
+            str(tmp_path / "ck"), *TINY, "--tokens-per-sample", "4", "--max-update", "1", *args]
+
+
+def test_bad_input_fails_with_one_clear_line(odd_data, tmp_path):
+    argvs = [bad_input_argv(odd_data, tmp_path, case, args) for case, args, _ in BAD_INPUT]
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", DRIVER, json.dumps(argvs)],
+                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert len(results) == len(BAD_INPUT), proc.stdout[-3000:]
+    for (case, _, message), result in zip(BAD_INPUT, results):
+        assert result["type"] in ("ValueError", "FileNotFoundError"), (case, result)
+        assert message in result["error"] and "\n" not in result["error"], (case, result)
+
+
+def test_bad_input_message_ends_the_console_output(odd_data, tmp_path):
+    proc = train(odd_data["good"], tmp_path / "ck", "--tokens-per-sample", "4", "--max-tokens",
+                 "64", check=False)
+    assert proc.returncode != 0
+    assert "set --batch-size" in last_line(proc) and last_line(proc).startswith("ValueError: ")
