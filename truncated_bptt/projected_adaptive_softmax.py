@@ -40,23 +40,30 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                 self.out_projs.append(nn.Parameter(torch.empty(d_proj, d_emb_i)))
                 self.out_layers.append(nn.Linear(d_emb_i, self.bounds[i + 1] - self.bounds[i]))
 
-    def _cluster_params(self, i: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """(weight, bias, projection or None) of cluster ``i``; the head includes the cluster rows."""
+    def _cluster_params(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """(weight, bias, projection or None) of every cluster; the head includes the cluster rows."""
         if self.div_val == 1:
-            lo, hi = self.bounds[i], self.bounds[i + 1]
-            weight = self.out_layers[0].weight[lo:hi]
-            bias = self.out_layers[0].bias[lo:hi]
+            # One split per forward (not slicing per cluster): its backward assembles a single
+            # gradient for the shared table instead of a zero-filled full-size one per cluster.
+            sizes = [hi - lo for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+            weights = self.out_layers[0].weight.split(sizes, dim=0)
+            biases = self.out_layers[0].bias.split(sizes, dim=0)
         else:
-            weight, bias = self.out_layers[i].weight, self.out_layers[i].bias
-        if i == 0 and self.n_clusters > 0:
-            weight = torch.cat([weight, self.cluster_weight], dim=0)
-            bias = torch.cat([bias, self.cluster_bias], dim=0)
-        proj = self.out_projs[i] if len(self.out_projs) > 0 else None
-        return weight, bias, proj
+            weights = [layer.weight for layer in self.out_layers]
+            biases = [layer.bias for layer in self.out_layers]
+        params = []
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            if i == 0 and self.n_clusters > 0:
+                weight = torch.cat([weight, self.cluster_weight], dim=0)
+                bias = torch.cat([bias, self.cluster_bias], dim=0)
+            proj = self.out_projs[i] if len(self.out_projs) > 0 else None
+            params.append((weight, bias, proj))
+        return params
 
-    def _logits(self, hidden: Tensor, i: int) -> Tensor:
-        """fp32 logits ``[N, size of cluster i (+ n_clusters for the head)]``."""
-        weight, bias, proj = self._cluster_params(i)
+    @staticmethod
+    def _logits(hidden: Tensor, params: Tuple[Tensor, Tensor, Optional[Tensor]]) -> Tensor:
+        """fp32 logits ``[N, size of the cluster (+ n_clusters for the head)]``."""
+        weight, bias, proj = params
         if proj is not None:
             hidden = torch.matmul(hidden, proj)
         return F.linear(hidden, weight, bias).float()
@@ -71,13 +78,15 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             cluster += (target >= cutoff).long()
         # Head class of each target: the token itself, or the entry standing for its cluster.
         head_class = torch.where(cluster == 0, target, self.shortlist - 1 + cluster)
-        out = -F.cross_entropy(self._logits(hidden, 0), head_class, reduction="none")
+        params = self._cluster_params()
+        out = -F.cross_entropy(self._logits(hidden, params[0]), head_class, reduction="none")
         for i in range(1, self.n_clusters + 1):
             idx = (cluster == i).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
+            # hidden[idx], not index_select: the latter's CPU backward is pathologically slow.
             tail = -F.cross_entropy(
-                self._logits(hidden.index_select(0, idx), i),
+                self._logits(hidden[idx], params[i]),
                 target.index_select(0, idx) - self.bounds[i],
                 reduction="none",
             )
@@ -86,9 +95,10 @@ class ProjectedAdaptiveSoftmax(nn.Module):
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """hidden ``[N, d_proj]`` -> fp32 ``[N, n_token]`` full log-probabilities."""
-        head = torch.log_softmax(self._logits(hidden, 0), dim=-1)
+        params = self._cluster_params()
+        head = torch.log_softmax(self._logits(hidden, params[0]), dim=-1)
         parts = [head[:, : self.shortlist]]
         for i in range(1, self.n_clusters + 1):
             cluster_lp = head[:, self.shortlist + i - 1].unsqueeze(1)
-            parts.append(cluster_lp + torch.log_softmax(self._logits(hidden, i), dim=-1))
+            parts.append(cluster_lp + torch.log_softmax(self._logits(hidden, params[i]), dim=-1))
         return torch.cat(parts, dim=1)

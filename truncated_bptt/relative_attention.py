@@ -44,6 +44,13 @@ def sinusoidal_encoding(positions: Tensor, d_model: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def position_encodings(klen: int, d_model: int, clamp_len: int, device=None, dtype=None) -> Tensor:
+    """``[klen + 1, d_model]``: a zero row (the pad :func:`rel_shift` relies on), then the encodings
+    of distances ``klen-1, ..., 0`` (clamped)."""
+    enc = sinusoidal_encoding(relative_positions(klen, clamp_len, device), d_model)
+    return F.pad(enc, (0, 0, 1, 0)).to(dtype or enc.dtype)
+
+
 def rel_shift(x_padded: Tensor) -> Tensor:
     """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
 
@@ -110,34 +117,38 @@ class RelativeMultiHeadAttention(nn.Module):
         bsz, qlen, _ = h.shape
         n_head, d_head, hd = self.n_head, self.d_head, self.n_head * self.d_head
         x = self.layer_norm(h) if self.pre_lnorm else h
-        w_q, w_kv = self.qkv_net.weight.split([hd, 2 * hd], dim=0)
-        # Queries only for the current segment; keys/values for memory are computed separately so
-        # autograd never forms a gradient for the (detached) memory inputs.
-        q = F.linear(x, w_q)
-        kv = F.linear(x, w_kv)
+        # Fused q/k/v for the current segment; keys/values of the (detached) memory come from the
+        # k/v rows of the same weight, so autograd never forms a gradient for the memory inputs.
+        qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
+        q, k, v = qkv.unbind(2)
         if mem is not None and mem.size(1) > 0:
             m = self.layer_norm(mem) if self.pre_lnorm else mem
-            kv = torch.cat([F.linear(m, w_kv), kv], dim=1)
-        klen = kv.size(1)
-        k, v = kv.view(bsz, klen, 2, n_head, d_head).unbind(2)
-        q = q.view(bsz, qlen, n_head, d_head)
+            kv_mem = F.linear(m, self.qkv_net.weight[hd:]).view(bsz, -1, 2, n_head, d_head)
+            k = torch.cat([kv_mem[:, :, 0], k], dim=1)
+            v = torch.cat([kv_mem[:, :, 1], v], dim=1)
+        klen = k.size(1)
         r = F.linear(pos_emb, self.r_net.weight).view(klen + 1, n_head, d_head)
 
-        # Scale folded into the (small) queries instead of the (large) scores.
-        q_content = ((q + r_w_bias) * self.scale).transpose(1, 2)  # [B, H, T, Dh]
-        q_position = ((q + r_r_bias) * self.scale).transpose(1, 2)
-        position = torch.matmul(q_position, r.permute(1, 2, 0))  # [B, H, T, K + 1], col 0 = 0
-        score = torch.matmul(q_content, k.permute(0, 2, 3, 1))  # [B, H, T, K]
-        score = score + rel_shift(position)
-        if score.dtype != torch.float32:  # mask and normalise in fp32 (half cannot hold MASK_VALUE)
+        # Content term (q + u).k: [B, H, T, K]. The scale is folded into the (small) queries.
+        q_content = ((q + r_w_bias) * self.scale).transpose(1, 2)
+        score = torch.matmul(q_content, k.permute(0, 2, 3, 1))
+        # Position term (q + v).R for every (query, encoding row), one GEMM per head over all
+        # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
+        q_position = ((q + r_r_bias) * self.scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+        position = torch.bmm(q_position, r.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+        score = score + rel_shift(position).transpose(0, 1)
+        if score.dtype in (torch.float16, torch.bfloat16):  # mask/normalise in fp32, never in half
             score = score.float()
         if mask is not None:
             score = score.masked_fill(mask, MASK_VALUE)
-        prob = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)
-        prob = F.dropout(prob, p=self.dropatt, training=self.training)
+        prob = torch.softmax(score, dim=-1).to(v.dtype)
+        if self.dropatt > 0.0 and self.training:
+            prob = F.dropout(prob, p=self.dropatt)
         attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
         attn = attn.transpose(1, 2).reshape(bsz, qlen, hd)
-        out = F.dropout(self.o_net(attn), p=self.dropout, training=self.training)
+        out = self.o_net(attn)
+        if self.dropout > 0.0 and self.training:
+            out = F.dropout(out, p=self.dropout)
         if self.pre_lnorm:
             return h + out
         return self.layer_norm(h + out)

@@ -22,8 +22,13 @@ class PositionwiseFeedForward(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         """h: ``[..., d_model]`` -> ``[..., d_model]``."""
         x = self.layer_norm(h) if self.pre_lnorm else h
-        x = F.dropout(F.relu(self.fc1(x)), p=self.dropout, training=self.training)
-        x = F.dropout(self.fc2(x), p=self.dropout, training=self.training)
+        drop = self.dropout > 0.0 and self.training  # F.dropout(p=0) would still copy
+        x = F.relu(self.fc1(x))
+        if drop:
+            x = F.dropout(x, p=self.dropout)
+        x = self.fc2(x)
+        if drop:
+            x = F.dropout(x, p=self.dropout)
         if self.pre_lnorm:
             return h + x
         return self.layer_norm(h + x)

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from truncated_bptt.adaptive_input import AdaptiveInput
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
-from truncated_bptt.relative_attention import attention_mask, relative_positions, sinusoidal_encoding
+from truncated_bptt.relative_attention import attention_mask, position_encodings
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
 
 logger = logging.getLogger(__name__)
@@ -273,16 +273,19 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         cfg = self.cfg
         check_memory_options(cfg)
         bsz, qlen = tokens.shape
-        h = F.dropout(self.embed(tokens), p=cfg.dropout, training=self.training)
+        h = self.embed(tokens)
         if mems is not None:
             mems = [m.to(h) for m in mems]
         mlen = mems[0].size(1) if mems is not None else 0
         klen = mlen + qlen
-        mask = attention_mask(qlen, mlen, cfg.same_length, cfg.mem_len, device=h.device)
+        mask = None  # a single new token (generation) may see every key unless same_length
+        if qlen > 1 or cfg.same_length:
+            mask = attention_mask(qlen, mlen, cfg.same_length, cfg.mem_len, device=h.device)
         # Row 0 of the encodings is the zero pad that rel_shift relies on.
-        pos_emb = sinusoidal_encoding(relative_positions(klen, cfg.clamp_len, h.device), cfg.d_model)
-        pos_emb = F.pad(pos_emb, (0, 0, 1, 0)).to(h.dtype)
-        pos_emb = F.dropout(pos_emb, p=cfg.dropout, training=self.training)
+        pos_emb = position_encodings(klen, cfg.d_model, cfg.clamp_len, h.device, h.dtype)
+        if cfg.dropout > 0.0 and self.training:
+            h = F.dropout(h, p=cfg.dropout)
+            pos_emb = F.dropout(pos_emb, p=cfg.dropout)
 
         use_checkpoint = (cfg.checkpoint_activations or cfg.offload_activations) and self.training \
             and torch.is_grad_enabled()
@@ -296,7 +299,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
                                    use_reentrant=False)
                 else:
                     h = layer(h, pos_emb, mask, mem_i, self.r_w_bias, self.r_r_bias)
-        h = F.dropout(h, p=cfg.dropout, training=self.training)
+        if cfg.dropout > 0.0 and self.training:
+            h = F.dropout(h, p=cfg.dropout)
         return h, self._update_memory(hids, mems)
 
     def _offload_context(self, use_checkpoint: bool):

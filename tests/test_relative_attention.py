@@ -1,0 +1,121 @@
+"""Relative attention against a deliberately naive reference (explicit distances, no shift trick)."""
+import math
+
+import pytest
+import torch
+
+from truncated_bptt.relative_attention import (
+    RelativeMultiHeadAttention,
+    attention_mask,
+    position_encodings,
+    rel_shift,
+)
+
+
+def naive_sinusoid(distance, d_model):
+    """Encoding of one distance, written out element by element."""
+    half = d_model // 2
+    sin = [math.sin(distance / 10000 ** (2 * k / d_model)) for k in range(half)]
+    cos = [math.cos(distance / 10000 ** (2 * k / d_model)) for k in range(half)]
+    return torch.tensor(sin + cos, dtype=torch.float64)
+
+
+def naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len):
+    """Transformer-XL attention sublayer with explicit loops over queries, keys and heads."""
+    bsz, qlen, d_model = h.shape
+    mlen = 0 if mem is None else mem.size(1)
+    cat = h if mem is None else torch.cat([mem, h], dim=1)
+    x = attn.layer_norm(cat) if attn.pre_lnorm else cat
+    w_q, w_k, w_v = attn.qkv_net.weight.chunk(3, dim=0)
+    n_head, d_head = attn.n_head, attn.d_head
+    q = (x[:, mlen:] @ w_q.t()).view(bsz, qlen, n_head, d_head)
+    k = (x @ w_k.t()).view(bsz, mlen + qlen, n_head, d_head)
+    val = (x @ w_v.t()).view(bsz, mlen + qlen, n_head, d_head)
+    out = torch.zeros(bsz, qlen, n_head, d_head, dtype=h.dtype)
+    for b in range(bsz):
+        for i in range(qlen):
+            p = mlen + i
+            for n in range(n_head):
+                keys, scores = [], []
+                for j in range(mlen + qlen):
+                    dist = p - j
+                    if dist < 0 or (same_length and dist >= mem_len):
+                        continue
+                    clamped = min(dist, clamp_len) if clamp_len > 0 else dist
+                    r = (naive_sinusoid(clamped, d_model) @ attn.r_net.weight.t()).view(n_head, d_head)
+                    content = (q[b, i, n] + u[n]) @ k[b, j, n]
+                    position = (q[b, i, n] + v[n]) @ r[n]
+                    keys.append(j)
+                    scores.append((content + position) / math.sqrt(d_head))
+                prob = torch.softmax(torch.stack(scores), dim=0)
+                out[b, i, n] = sum(pr * val[b, j, n] for pr, j in zip(prob, keys))
+    o = attn.o_net(out.reshape(bsz, qlen, n_head * d_head))
+    return h + o if attn.pre_lnorm else attn.layer_norm(h + o)
+
+
+def make_attention(pre_lnorm, n_head=2, d_model=8, d_head=3):
+    torch.manual_seed(0)
+    attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout=0.0, dropatt=0.0,
+                                      pre_lnorm=pre_lnorm).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.5)
+    return attn.eval()
+
+
+@pytest.mark.parametrize(
+    "mlen,qlen,clamp_len,same_length,mem_len,pre_lnorm",
+    [
+        (0, 5, -1, False, 0, False),   # no memory
+        (3, 4, -1, False, 3, False),   # memory
+        (4, 3, 2, False, 4, True),     # clamp_len, pre-LayerNorm
+        (3, 4, -1, True, 3, False),    # same_length, full memory
+        (0, 6, -1, True, 4, False),    # same_length, first segment longer than mem_len
+        (2, 3, 3, True, 5, True),      # same_length, memory not yet full, clamp
+    ],
+)
+def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, mem_len, pre_lnorm):
+    attn = make_attention(pre_lnorm)
+    bsz, d_model = 2, 8
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(bsz, qlen, d_model, generator=g, dtype=torch.float64)
+    mem = torch.randn(bsz, mlen, d_model, generator=g, dtype=torch.float64) if mlen else None
+    u = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64)
+    mask = attention_mask(qlen, mlen, same_length, mem_len)
+    ours = attn(h, pos_emb, u, v, mask, mem)
+    ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len)
+    # encodings are computed in fp32 (as the originals do), hence not 1e-12
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rel_shift_realigns_distances():
+    qlen, klen = 3, 5  # mlen = 2
+    # x[i, c] = 100 * i + (distance of encoding row c) ; row c stands for distance klen - 1 - c
+    x = torch.tensor([[100.0 * i + (klen - 1 - c) for c in range(klen)] for i in range(qlen)])
+    shifted = rel_shift(torch.nn.functional.pad(x, (1, 0)).contiguous())
+    for i in range(qlen):
+        for j in range(klen):
+            if j <= 2 + i:  # visible: the entry is the score for distance mlen + i - j
+                assert shifted[i, j] == 100.0 * i + (2 + i - j)
+
+
+def test_masks():
+    causal = attention_mask(2, 3, same_length=False, mem_len=3)
+    assert causal.tolist() == [[False] * 4 + [True], [False] * 5]
+    same = attention_mask(2, 3, same_length=True, mem_len=3)
+    # each query sees exactly mem_len = 3 keys: itself and the two before it
+    assert (~same).sum(1).tolist() == [3, 3]
+    assert same.tolist() == [[True, False, False, False, True], [True, True, False, False, False]]
+
+
+def test_half_precision_scores_stay_finite():
+    attn = RelativeMultiHeadAttention(2, 8, 4, 0.0, 0.0)
+    h = torch.randn(2, 4, 8)
+    mask = attention_mask(4, 0, False, 0)
+    for dtype in (torch.bfloat16, torch.float16):
+        a = attn.to(dtype)
+        out = a(h.to(dtype), position_encodings(4, 8, -1, dtype=dtype), torch.zeros(2, 4, dtype=dtype),
+                torch.zeros(2, 4, dtype=dtype), mask, None)
+        assert out.dtype == dtype and torch.isfinite(out.float()).all()
