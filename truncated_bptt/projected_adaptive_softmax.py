@@ -62,11 +62,12 @@ class ProjectedAdaptiveSoftmax(nn.Module):
 
     @staticmethod
     def _logits(hidden: Tensor, params: Tuple[Tensor, Tensor, Optional[Tensor]]) -> Tensor:
-        """fp32 logits ``[N, size of the cluster (+ n_clusters for the head)]``."""
+        """Logits ``[N, size of the cluster (+ n_clusters for the head)]``, at least fp32."""
         weight, bias, proj = params
         if proj is not None:
             hidden = torch.matmul(hidden, proj)
-        return F.linear(hidden, weight, bias).float()
+        logits = F.linear(hidden, weight, bias)
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     def target_log_probs(self, hidden: Tensor, target: Tensor) -> Tensor:
         """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``.

@@ -1,0 +1,283 @@
+"""TransformerXLDecoder: parameter counts, memory semantics, generation, precision, checkpointing."""
+import argparse
+import logging
+
+import pytest
+import torch
+
+from fairseq.data import Dictionary
+
+from truncated_bptt import transformer_xl_model as txl
+from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
+
+
+def dictionary(n_symbols):
+    """A fairseq dictionary of ``n_symbols`` entries: the 4 specials, then words."""
+    d = Dictionary()
+    for i in range(n_symbols - len(d)):
+        d.add_symbol(f"w{i}")
+    assert len(d) == n_symbols
+    return d
+
+
+SMALL = dict(n_layer=2, d_model=16, n_head=2, d_head=8, d_inner=32, cutoffs=[10, 30], mem_len=16,
+             tokens_per_sample=8)
+
+
+def small_decoder(n_symbols=50, **overrides):
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(**{**SMALL, **overrides})
+    return TransformerXLDecoder(cfg, dictionary(n_symbols))
+
+
+def preset_config(preset, **extra):
+    args = argparse.Namespace(**extra)
+    preset(args)
+    return TransformerXLConfig(tokens_per_sample=64, **vars(args))
+
+
+def count_on_meta(cfg, n_symbols):
+    with torch.device("meta"):
+        model = TransformerXLDecoder(cfg, dictionary(n_symbols))
+    return sum(p.numel() for p in model.parameters())
+
+
+def expected_parameters(cfg, n_token):
+    """The originals' parameter count, written out from their module list."""
+    d, hd = cfg.d_model, cfg.n_head * cfg.d_head
+    d_embed = cfg.d_embed if cfg.d_embed > 0 else d
+    per_layer = d * 3 * hd + d * hd + hd * d + 2 * d  # qkv, r_net, o_net, LayerNorm
+    per_layer += d * cfg.d_inner + cfg.d_inner + cfg.d_inner * d + d + 2 * d  # feed-forward
+    uv = 2 * cfg.n_head * cfg.d_head
+    total = cfg.n_layer * (per_layer + (0 if cfg.tie_r else uv)) + (uv if cfg.tie_r else 0)
+    cutoffs = [c for c in cfg.cutoffs if c < n_token]
+    bounds = [0] + cutoffs + [n_token]
+    n_clusters = len(cutoffs)
+    total += n_clusters * d_embed + n_clusters  # cluster weight and bias of the head
+    if cfg.div_val == 1:
+        total += n_token * d_embed + n_token  # tied table + output bias
+        if d != d_embed:
+            total += 2 * d * d_embed  # input projection (shared by the tails) + the head's own
+    else:
+        for i in range(n_clusters + 1):
+            d_i = d_embed // cfg.div_val ** i
+            size = bounds[i + 1] - bounds[i]
+            total += size * d_i + size + d * d_i  # tied table, output bias, tied projection
+        total += d * d_embed  # the head's output projection is not tied
+    return total
+
+
+WT103_SYMBOLS = 267744
+
+
+def test_paper_base_has_the_example_parameter_count():
+    """fairseq's example logs 151,123,537 parameters for this model on WikiText-103."""
+    cfg = preset_config(txl.transformer_xl_paper_base)
+    assert count_on_meta(cfg, WT103_SYMBOLS) == 151_123_537
+    # the example's README command line (plain --arch transformer_xl with these sizes) as well
+    plain = TransformerXLConfig(n_layer=16, d_model=410, n_head=10, d_head=41, d_inner=2100,
+                                dropout=0.1, mem_len=150, tokens_per_sample=150)
+    assert count_on_meta(plain, WT103_SYMBOLS) == 151_123_537
+
+
+@pytest.mark.parametrize("preset,n_symbols", [
+    (txl.transformer_xl_wt103_base, WT103_SYMBOLS),
+    (txl.transformer_xl_wt103_large, WT103_SYMBOLS),
+    (txl.transformer_xl_tiny, 33282),
+    (txl.transformer_xl_tiny, 600),  # cutoffs clipped to the vocabulary
+])
+def test_preset_parameter_counts(preset, n_symbols):
+    cfg = preset_config(preset)
+    assert count_on_meta(cfg, n_symbols) == expected_parameters(cfg, n_symbols)
+
+
+def test_presets_have_the_published_shapes():
+    base = preset_config(txl.transformer_xl_wt103_base)
+    assert (base.n_layer, base.d_model, base.n_head, base.d_head, base.d_inner, base.dropout) == \
+        (16, 512, 8, 64, 2048, 0.1)
+    large = preset_config(txl.transformer_xl_wt103_large)
+    assert (large.n_layer, large.d_model, large.n_head, large.d_head, large.d_inner, large.div_val,
+            large.dropout, large.dropatt) == (18, 1024, 16, 64, 4096, 4, 0.2, 0.2)
+    # a command-line value wins over the preset's
+    assert preset_config(txl.transformer_xl_wt103_base, n_layer=3).n_layer == 3
+
+
+def test_projection_tying_and_init():
+    dec = small_decoder(div_val=2, d_embed=16)
+    sm, emb = dec.softmax, dec.embed
+    assert sm.out_projs[1] is emb.emb_projs[1] and sm.out_projs[2] is emb.emb_projs[2]
+    assert sm.out_projs[0] is not emb.emb_projs[0]
+    assert all(o.weight is e.weight for o, e in zip(sm.out_layers, emb.emb_layers))
+    big = small_decoder(n_symbols=200, d_model=256, d_head=128, init_std=0.02, proj_init_std=0.01,
+                        div_val=2, d_embed=256)
+    ln = big.layers[0].attn.layer_norm.weight
+    assert abs(ln.mean().item() - 1.0) < 0.01 and 0.01 < ln.std().item() < 0.03
+    assert 0.015 < big.layers[0].ff.fc1.weight.std().item() < 0.025
+    assert 0.007 < big.embed.emb_projs[0].std().item() < 0.013
+    assert big.layers[0].ff.fc1.bias.abs().max().item() == 0.0
+
+
+def test_bad_configuration_raises_one_clear_line():
+    with pytest.raises(ValueError, match="--cutoffs must be positive and strictly increasing"):
+        small_decoder(cutoffs=[30, 10])
+    with pytest.raises(ValueError, match="same_length needs mem_len > 0"):
+        small_decoder(mem_len=0, same_length=True)
+    with pytest.raises(ValueError, match="--div-val"):
+        small_decoder(div_val=64, cutoffs=[10, 30])
+
+
+def tokens(bsz, length, n_symbols=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, n_symbols, (bsz, length), generator=g)
+
+
+def test_two_segments_with_memory_equal_one_long_segment():
+    dec = small_decoder(mem_len=8, clamp_len=-1).eval()
+    x = tokens(3, 12)
+    with torch.no_grad():
+        full, _ = dec(x)  # one segment, no memory
+        first, _ = dec(x[:, :8], memory_key="valid", segment_index=0)
+        second, _ = dec(x[:, 8:], memory_key="valid", segment_index=1)
+    torch.testing.assert_close(first, full[:, :8], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, full[:, 8:], rtol=1e-5, atol=1e-5)
+    mems = dec.get_stream_memory("valid")
+    assert len(mems) == 2 and mems[0].shape == (3, 8, 16)
+    # segment 0 starts afresh: the memory of the previous pass is not used
+    with torch.no_grad():
+        again, _ = dec(x[:, :8], memory_key="valid", segment_index=0)
+    torch.testing.assert_close(again, first)
+
+
+def test_clamp_len_and_same_length_change_what_memory_contributes():
+    dec = small_decoder(mem_len=8).eval()
+    x = tokens(2, 12)
+    with torch.no_grad():
+        dec(x[:, :8], memory_key="k", segment_index=0)
+        plain, _ = dec(x[:, 8:], memory_key="k", segment_index=1)
+        dec.cfg.clamp_len = 2
+        dec(x[:, :8], memory_key="k", segment_index=0)
+        clamped, _ = dec(x[:, 8:], memory_key="k", segment_index=1)
+        dec.cfg.clamp_len, dec.cfg.same_length = -1, True
+        dec(x[:, :8], memory_key="k", segment_index=0)
+        same, _ = dec(x[:, 8:], memory_key="k", segment_index=1)
+        full, _ = dec(x)
+    assert not torch.allclose(plain, clamped) and not torch.allclose(plain, same)
+    # same_length: query 8+i sees positions 1+i .. 8+i, in both ways of running
+    torch.testing.assert_close(same, full[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+def test_no_gradient_reaches_memory():
+    dec = small_decoder(mem_len=8, untie_weight=True)
+    first = torch.full((2, 8), 40)  # token 40 appears only in the first segment
+    second = tokens(2, 8, n_symbols=30)
+    dec(first, memory_key="train", segment_index=0)
+    mems = dec.get_stream_memory("train")
+    assert all(not m.requires_grad for m in mems)
+    out, _ = dec(second, memory_key="train", segment_index=1)
+    dec.target_log_probs(out, tokens(2, 8, n_symbols=30, seed=1)).sum().backward()
+    grad = dec.embed.emb_layers[0].weight.grad
+    assert grad[40].abs().max() == 0.0  # no path from the second segment's loss into the first
+    assert grad[second[0, 0]].abs().max() > 0.0
+
+
+def test_stream_memory_api_and_warnings(caplog):
+    dec = small_decoder(mem_len=4).eval()
+    x = tokens(2, 6)
+    with caplog.at_level(logging.WARNING):
+        dec(x, memory_key="train", segment_index=3)
+    assert "has no memory" in caplog.text
+    mems = dec.get_stream_memory("train")
+    assert [m.shape for m in mems] == [(2, 4, 16)] * 2
+    dec.set_stream_memory("valid", [m * 0 for m in mems])
+    assert dec.get_stream_memory("valid")[0].abs().max() == 0
+    dec.reset_stream_memory("valid")
+    assert dec.get_stream_memory("valid") is None and dec.get_stream_memory("train") is not None
+    with pytest.raises(ValueError, match="memory for 2 streams but the batch has 3 rows"):
+        dec(tokens(3, 6), memory_key="train", segment_index=1)
+    dec.reset_stream_memory()
+    assert dec.get_stream_memory("train") is None
+
+
+def test_incremental_decoding_equals_full_forward():
+    dec = small_decoder(mem_len=16).eval()
+    x = tokens(3, 10)
+    with torch.no_grad():
+        full = dec.get_normalized_probs(dec(x), log_probs=True)
+        state = {}
+        for t in range(1, 11):
+            out = dec(x[:, :t], incremental_state=state)
+            assert out[0].shape == (3, 1, 16)  # one step over the cached memory
+            step = dec.get_normalized_probs(out, log_probs=True)
+            torch.testing.assert_close(step[:, 0], full[:, t - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_reorder_incremental_state_reorders_memory():
+    dec = small_decoder().eval()
+    x = tokens(3, 5)
+    state = {}
+    with torch.no_grad():
+        dec(x[:, :4], incremental_state=state)
+        before = [m.clone() for m in dec.get_incremental_state(state, "memory").values()
+                  if m.dim() == 3]
+        order = torch.tensor([2, 2, 0])
+        dec.reorder_incremental_state_scripting(state, order)
+        after = [m for m in dec.get_incremental_state(state, "memory").values() if m.dim() == 3]
+        for b, a in zip(before, after):
+            torch.testing.assert_close(a, b[order])
+        step, _ = dec(x[order], incremental_state=state)
+        reference, _ = dec(x[order])
+    torch.testing.assert_close(step[:, -1], reference[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_with_a_prefix_through_fairseq_sequence_generator():
+    from fairseq import search
+    from fairseq.sequence_generator import SequenceGenerator
+
+    dec = small_decoder().eval()
+    model = txl.TransformerXLLanguageModel(dec)
+    calls = []
+    original = dec.extract_features
+
+    def counting(tok, mems=None, **kw):
+        calls.append(tok.size(1))
+        return original(tok, mems, **kw)
+
+    dec.extract_features = counting
+    gen = SequenceGenerator([model], dec.dictionary, beam_size=2, max_len_b=6,
+                            search_strategy=search.Sampling(dec.dictionary, sampling_topk=5))
+    prefix = tokens(1, 3)
+    # as fairseq's language_modeling task builds it for generation: the prompt is the source and
+    # the forced prefix
+    sample = {"net_input": {"src_tokens": prefix, "src_lengths": torch.tensor([3])}}
+    torch.manual_seed(0)
+    hypos = gen.generate([model], sample, prefix_tokens=prefix)
+    assert len(hypos[0]) == 2
+    assert torch.equal(hypos[0][0]["tokens"][:3], prefix[0])
+    assert len(hypos[0][0]["tokens"]) > 3  # sampled beyond the prefix
+    assert set(calls) == {1}  # every step feeds only the newest token
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward_is_finite(dtype):
+    dec = small_decoder().to(dtype).eval()
+    x = tokens(2, 8)
+    with torch.no_grad():
+        dec(x, memory_key="valid", segment_index=0)
+        out, _ = dec(x, memory_key="valid", segment_index=1)
+        lp = dec.target_log_probs(out, x)
+    assert dec.get_stream_memory("valid")[0].dtype == dtype
+    assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("flag", ["checkpoint_activations", "offload_activations"])
+def test_activation_checkpointing_gives_the_same_gradients(flag):
+    x, y = tokens(2, 8), tokens(2, 8, seed=1)
+    grads = []
+    for enabled in (False, True):
+        dec = small_decoder(dropout=0.0, **{flag: enabled})
+        dec(x, memory_key="train", segment_index=0)
+        out, _ = dec(x, memory_key="train", segment_index=1)
+        dec.target_log_probs(out, y).sum().backward()
+        grads.append([p.grad for p in dec.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
