@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+import torch
 from fairseq import utils
 from fairseq.data import Dictionary
 from fairseq.data.indexed_dataset import get_available_dataset_impl
@@ -25,6 +26,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
+from truncated_bptt import generation
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -51,6 +53,11 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
         default=False,
         metadata={"help": "keep fp32 matmuls in full fp32 precision (TF32 is on by default)"},
     )
+    carry_memory: bool = field(
+        default=False,
+        metadata={"help": "fairseq-interactive: generate each input over the memory left by the "
+                          "previous inputs and their outputs (one input per batch)"},
+    )
     dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
     # Read (not set) here to know when a checkpoint may follow an update, so that the memory of
     # all ranks is gathered in time; not command-line options of the task.
@@ -67,6 +74,7 @@ class TruncatedBPTTLMTask(FairseqTask):
         self.dictionary = dictionary
         self.memory_keeper = StreamMemoryKeeper()
         self._warned_max_tokens = False
+        self.carried_memory = generation.CarriedMemory()
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
@@ -147,7 +155,15 @@ class TruncatedBPTTLMTask(FairseqTask):
     ):
         """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
         ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions`` and batching by size do
-        not apply."""
+        not apply. Other datasets (fairseq-interactive prompts) are batched as fairseq does."""
+        if not isinstance(dataset, TokenStream):
+            return super().get_batch_iterator(
+                dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                max_positions=max_positions, ignore_invalid_inputs=ignore_invalid_inputs,
+                required_batch_size_multiple=required_batch_size_multiple, seed=seed,
+                num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,
+                data_buffer_size=data_buffer_size, disable_iterator_cache=disable_iterator_cache,
+            )
         if max_sentences is None:
             if max_tokens is not None:
                 raise ValueError(
@@ -202,6 +218,37 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    # ---- generation (fairseq-generate / fairseq-interactive): truncated_bptt/generation.py ------
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """fairseq-interactive prompts: ``[eos] + line`` each, forced as the generation prefix."""
+        return generation.build_prompt_dataset(self.dictionary, src_tokens, src_lengths)
+
+    def build_generator(self, models, args, **kwargs):
+        """fairseq's SequenceGenerator (beam, --sampling, top-k/top-p, --temperature); with
+        --carry-memory it generates over the memory carried from the previous inputs."""
+        if self.cfg.carry_memory:
+            self.carried_memory.reset()
+            models = [generation.MemorySeededLanguageModel(m, self.carried_memory) for m in models]
+        return super().build_generator(models, args, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Generate after each sample's prompt (``src_tokens`` without its leading eos, unless
+        fairseq-generate's --prefix-size gives ``prefix_tokens``), starting from eos."""
+        if constraints is not None:
+            raise ValueError("truncated_bptt_lm does not support --constraints; drop the option")
+        if self.cfg.carry_memory:
+            generation.check_carry_setup(models, sample)
+        eos = self.dictionary.eos()
+        with torch.no_grad():
+            if prefix_tokens is None:
+                prefix_tokens = generation.prompt_prefix(sample, eos)
+            hypos = generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
+            if self.cfg.carry_memory:
+                self.carried_memory.advance(
+                    models[0].decoder, generation.consumed_tokens(hypos[0][0]["tokens"], eos)
+                )
+        return hypos
 
     # ---- model and criterion -----------------------------------------------------------------
     def build_criterion(self, cfg):
