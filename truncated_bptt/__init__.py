@@ -26,3 +26,25 @@ from truncated_bptt import (  # noqa: E402,F401
     transformer_xl_model,
     truncated_bptt_lm_task,
 )
+
+
+def _also_known_as_fairseq_user_dir():
+    """List the spelling fairseq's ``--user-dir`` fallback uses for this directory in ``__path__``.
+
+    When ``--user-dir truncated_bptt`` does not exist relative to the working directory, fairseq
+    looks for it next to its own package and names it ``.../site-packages/fairseq/../truncated_bptt``
+    without normalising; it then compares that string with ``__path__`` to decide whether the
+    module already imported is the same one. Without the alias, ``import truncated_bptt`` followed
+    by ``--user-dir truncated_bptt`` in one process fails as "not globally unique".
+    """
+    import os
+
+    import fairseq
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    alias = os.path.join(os.path.dirname(fairseq.__file__), "..", os.path.basename(here))
+    if os.path.exists(alias) and os.path.samefile(alias, here) and alias not in __path__:
+        __path__.append(alias)
+
+
+_also_known_as_fairseq_user_dir()
