@@ -1,0 +1,548 @@
+"""Side-by-side benchmark of our Transformer-XL and fairseq's examples/truncated_bptt (HuggingFace TransfoXL).
+
+One run, one machine, the same settings and data for both:
+
+  speed    training tokens/s (forward+backward through each task's own train_step, in-process, by
+           benchmarks/train_step_speed.py), fairseq-eval-lm tokens/s (the real CLI, fairseq's own
+           "Evaluated N tokens ... tokens/s" line), peak memory, and achieved FLOP/s as a fraction
+           of the machine's fp32 matmul peak measured at the same thread count (benchmarks/matmul_peak.py;
+           model FLOPs counted analytically by benchmarks/flops.py).
+  quality  fairseq-train both with identical hyperparameters: the example for a wall-clock budget
+           (N updates), ours for the same N updates and for the same wall-clock budget; then
+           fairseq-eval-lm test perplexity at short and long memory, and a plot.
+
+The two implementations register the same names (`transformer_xl`, `truncated_bptt_lm`), so they never
+share a process: ours runs in .venv/py310 with `--user-dir <repo>/truncated_bptt`, the example in
+.venv/bench-example (scripts/setup_bench_env.sh) with `--user-dir <its site-packages>/fairseq/examples/
+truncated_bptt`. Usually started through `bash benchmarks/run.sh`, which makes that environment first.
+
+    .venv/py310/bin/python benchmarks/compare.py --text-dir ../shared/data/wikitext-2
+    .venv/py310/bin/python benchmarks/compare.py --parts speed          # only the speed table
+
+Writes benchmarks/results/cpu-<UTC time>.{json,md} (+ .png for quality) and prints the tables.
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+
+from flops import XLShape, eval_forward_flops, train_step_flops  # noqa: E402
+
+OURS = "ours"
+EXAMPLE = "example"
+
+# The benchmark configuration of the model issue (fp32; dropout is the example's default, 0).
+BENCH_MODEL = {"n_layer": 4, "d_model": 256, "n_head": 4, "d_head": 64, "d_inner": 1024,
+               "cutoffs": [2000, 10000], "mem_len": 128, "dropout": 0.0, "dropatt": 0.0}
+BENCH_TPS, BENCH_BATCH = 128, 8
+# fairseq-eval-lm settings of the paper / the example's README.
+EVAL_TPS, EVAL_MEM, EVAL_CLAMP = 64, 640, 400
+
+
+# ------------------------------------------------------------------------------------ helpers
+def log(msg: str) -> None:
+    print(f"[compare {datetime.datetime.utcnow():%H:%M:%S}] {msg}", flush=True)
+
+
+class Side:
+    """One implementation: the interpreter of its environment, its fairseq CLIs and its --user-dir."""
+
+    def __init__(self, name: str, venv: str, user_dir: Optional[str] = None):
+        self.name = name
+        self.venv = venv
+        self.python = os.path.join(venv, "bin", "python")
+        if not os.access(self.python, os.X_OK):
+            setup = "scripts/setup_bench_env.sh" if name == EXAMPLE else "scripts/setup_env.sh py310"
+            raise SystemExit(f"compare: no environment at {venv}: run `bash {setup}` first")
+        if user_dir is None:  # the example ships inside fairseq's wheel
+            user_dir = subprocess.check_output(
+                [self.python, "-c", "import fairseq, os; print(os.path.join(os.path.dirname("
+                 "fairseq.__file__), 'examples', 'truncated_bptt'))"],
+                text=True, stderr=subprocess.DEVNULL).strip()
+        self.user_dir = user_dir
+
+    def cli(self, name: str) -> str:
+        return os.path.join(self.venv, "bin", name)
+
+
+def model_flags(m: Dict) -> List[str]:
+    return ["--arch", "transformer_xl", "--n-layer", str(m["n_layer"]), "--d-model", str(m["d_model"]),
+            "--n-head", str(m["n_head"]), "--d-head", str(m["d_head"]), "--d-inner", str(m["d_inner"]),
+            "--cutoffs", ",".join(map(str, m["cutoffs"])), "--mem-len", str(m["mem_len"]),
+            "--dropout", str(m["dropout"]), "--dropatt", str(m["dropatt"])]
+
+
+def xl_shape(m: Dict, vocab: int) -> XLShape:
+    return XLShape(m["n_layer"], m["d_model"], m["n_head"], m["d_head"], m["d_inner"], vocab, m["cutoffs"])
+
+
+def run_cmd(cmd: List[str], log_path: str, threads: int, timeout: Optional[float] = None) -> Dict:
+    """Run a command with `threads` BLAS/OpenMP threads, all output to log_path; return its exit code,
+    wall time, peak RSS (MiB, from the kernel's accounting of that child) and output."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        start = time.time()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=os.path.dirname(log_path))
+        deadline = None if timeout is None else start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.time() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.time() - start
+    with open(log_path) as f:
+        text = f.read()
+    return {"rc": proc.returncode, "wall_s": wall, "max_rss_mb": usage.ru_maxrss / 1024.0, "output": text}
+
+
+def check(result: Dict, what: str, log_path: str) -> Dict:
+    if result["rc"] != 0:
+        tail = "\n".join(result["output"].splitlines()[-15:])
+        raise SystemExit(f"compare: {what} failed (exit {result['rc']}); log {log_path}:\n{tail}")
+    return result
+
+
+def parse_result_line(text: str) -> Dict:
+    for line in reversed(text.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise ValueError("no RESULT line")
+
+
+def machine_description(threads: int) -> Dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = int(f.readline().split()[1]) / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": mem_gib,
+            "os": platform.platform(), "threads": threads, "load_average_start": os.getloadavg()}
+
+
+# --------------------------------------------------------------------------------------- data
+def prepare_data(text_dir: str, work: str, ours: Side, eval_speed_tokens: int) -> str:
+    """Binarize <text_dir>/{train,valid,test}.txt with fairseq-preprocess --only-source (once; cached
+    under runs/bench/data-bin), plus a `speedtest` split: the first ~eval_speed_tokens tokens of the
+    test text, for the eval-lm speed runs."""
+    names = {}
+    for split in ("train", "valid", "test"):
+        path = os.path.join(text_dir, f"{split}.txt")
+        if not os.path.isfile(path):
+            raise SystemExit(f"compare: {path} is missing: --text-dir needs train.txt, valid.txt, test.txt")
+        st = os.stat(path)
+        names[split] = f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+    key = hashlib.sha256((json.dumps(names) + str(eval_speed_tokens)).encode()).hexdigest()[:10]
+    dest = os.path.join(ROOT, "runs", "bench", "data-bin", f"{os.path.basename(os.path.abspath(text_dir))}-{key}")
+    if os.path.isfile(os.path.join(dest, "speedtest.idx")):
+        return dest
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    speed_txt = os.path.join(tmp, "speedtest.txt")
+    n = 0
+    with open(os.path.join(text_dir, "test.txt"), encoding="utf-8") as src, \
+            open(speed_txt, "w", encoding="utf-8") as out:
+        for line in src:
+            out.write(line)
+            n += len(line.split()) + 1
+            if n >= eval_speed_tokens:
+                break
+    log(f"binarizing {text_dir} (+ a {n:,}-token speedtest split) into {dest}")
+    check(run_cmd([ours.cli("fairseq-preprocess"), "--only-source", "--workers", "2",
+                   "--trainpref", os.path.join(text_dir, "train.txt"),
+                   "--validpref", os.path.join(text_dir, "valid.txt"),
+                   "--testpref", os.path.join(text_dir, "test.txt") + "," + speed_txt,
+                   "--destdir", tmp], os.path.join(tmp, "preprocess.out"), threads=2),
+          "fairseq-preprocess", os.path.join(tmp, "preprocess.out"))
+    for ext in ("bin", "idx"):
+        os.rename(os.path.join(tmp, f"test1.{ext}"), os.path.join(tmp, f"speedtest.{ext}"))
+    os.rename(tmp, dest)
+    return dest
+
+
+def split_cluster_counts(data_dir: str, text_path: str, shape: XLShape) -> List[int]:
+    """Targets of each adaptive-softmax cluster over a text, as fairseq binarizes it (words + one eos
+    per line; unknown words are <unk>; ids 0-3 are fairseq's specials, dict.txt follows in order)."""
+    index = {"</s>": 2}
+    with open(os.path.join(data_dir, "dict.txt"), encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            index.setdefault(line.rsplit(" ", 1)[0], i + 4)
+    bounds = shape.cluster_bounds()
+    counts = [0] * (len(bounds) - 1)
+    with open(text_path, encoding="utf-8") as f:
+        for line in f:
+            for word in line.split() + ["</s>"]:
+                tok = index.get(word, 3)
+                counts[next(i for i in range(len(counts)) if tok < bounds[i + 1])] += 1
+    return counts
+
+
+# -------------------------------------------------------------------------------------- speed
+def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: Dict) -> None:
+    threads = args.threads
+    log(f"matmul peak at {threads} threads")
+    peak_log = os.path.join(work, "matmul_peak.out")
+    peak = parse_result_line(check(run_cmd(
+        [sides[OURS].python, os.path.join(BENCH, "matmul_peak.py"), "--threads", str(threads)],
+        peak_log, threads), "matmul_peak.py", peak_log)["output"])
+    results["matmul_peak"] = peak
+    vocab = None
+
+    # Training steps, alternating the two sides over rounds so that a burst of load from elsewhere
+    # hits both; each side's figure is its best round (the least disturbed one).
+    train = {OURS: [], EXAMPLE: []}
+    common = [data, "--task", "truncated_bptt_lm", "--tokens-per-sample", str(BENCH_TPS),
+              "--batch-size", str(BENCH_BATCH), "--cpu", "--seed", "1", "--num-workers", "0",
+              *model_flags(BENCH_MODEL)]
+    for r in range(args.rounds):
+        for name in (EXAMPLE, OURS):
+            side = sides[name]
+            path = os.path.join(work, f"train_speed-{name}-{r}.out")
+            log(f"training steps, {name}, round {r + 1}/{args.rounds}")
+            res = parse_result_line(check(run_cmd(
+                [side.python, os.path.join(BENCH, "train_step_speed.py"), "--threads", str(threads),
+                 "--warmup", str(args.warmup), "--steps", str(args.steps), "--",
+                 *common, "--user-dir", side.user_dir], path, threads), f"train speed ({name})", path)["output"])
+            train[name].append(res)
+            vocab = res["vocab"]
+    shape = xl_shape(BENCH_MODEL, vocab)
+    results["train"] = {}
+    for name, rounds in train.items():
+        best = max(rounds, key=lambda r: r["tokens_per_s"])
+        per_step = [c / len(best["step_times"]) for c in best["cluster_counts"]]
+        flops = train_step_flops(shape, BENCH_BATCH, BENCH_TPS, BENCH_MODEL["mem_len"], per_step)
+        results["train"][name] = {
+            "tokens_per_s": best["tokens_per_s"],
+            "tokens_per_s_rounds": [r["tokens_per_s"] for r in rounds],
+            "median_step_s": best["median_step_s"],
+            "params": best["params"],
+            "model_file": best["model_file"],
+            "criterion": best["criterion_class"],
+            "rss_before_mb": best["rss_before_mb"],
+            "peak_rss_mb": best["peak_rss_mb"],
+            "model_flops_per_step": flops,
+            "executed_flops_per_step": best["executed_flops_per_step"],
+            "model_flops_per_s": flops * best["tokens_per_s"] / (BENCH_BATCH * BENCH_TPS),
+            "fraction_of_peak": flops * best["tokens_per_s"] / (BENCH_BATCH * BENCH_TPS) / peak["flops_per_s"],
+            "versions": best["versions"],
+        }
+
+    # fairseq-eval-lm on a checkpoint of the benchmark size: each side trains one update to get one.
+    speed_txt = os.path.join(data, "speedtest.txt")
+    eval_counts = split_cluster_counts(data, speed_txt, shape)
+    results["eval"] = []
+    ckpts = {}
+    for name in (EXAMPLE, OURS):
+        side = sides[name]
+        save = os.path.join(work, f"ckpt-{name}")
+        path = os.path.join(work, f"ckpt-{name}.out")
+        log(f"one update of {name} to get a checkpoint of the benchmark size")
+        check(run_cmd([side.cli("fairseq-train"), *common, "--user-dir", side.user_dir,
+                       "--optimizer", "adam", "--lr", "0.0001", "--max-update", "1", "--disable-validation",
+                       "--no-epoch-checkpoints", "--save-dir", save], path, threads),
+              f"fairseq-train ({name})", path)
+        ckpts[name] = os.path.join(save, "checkpoint_last.pt")
+    overrides = f'{{"mem_len": {EVAL_MEM}, "clamp_len": {EVAL_CLAMP}, "same_length": True}}'
+    runs = [(EXAMPLE, 1, "fp32"), (OURS, 1, "fp32"), (OURS, args.eval_streams, "fp32"),
+            (OURS, 1, "bf16"), (OURS, args.eval_streams, "bf16")]
+    fp32_loss = {}
+    for name, streams, dtype in runs:
+        side = sides[name]
+        path = os.path.join(work, f"eval_speed-{name}-b{streams}-{dtype}.out")
+        log(f"fairseq-eval-lm speed, {name}, batch {streams}, {dtype}")
+        cmd = [side.cli("fairseq-eval-lm"), data, "--path", ckpts[name], "--user-dir", side.user_dir,
+               "--task", "truncated_bptt_lm", "--gen-subset", "speedtest", "--cpu", "--num-workers", "0",
+               "--batch-size", str(streams), "--required-batch-size-multiple", "1",
+               "--tokens-per-sample", str(EVAL_TPS), "--model-overrides", overrides]
+        if dtype == "bf16":
+            cmd.append("--bf16")
+        res = run_cmd(cmd, path, threads)
+        entry = {"impl": name, "batch": streams, "dtype": dtype, "log": os.path.relpath(path, ROOT),
+                 "rc": res["rc"], "max_rss_mb": res["max_rss_mb"]}
+        m = re.search(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", res["output"])
+        lm = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", res["output"])
+        if res["rc"] != 0 or not m:
+            entry["error"] = res["output"].strip().splitlines()[-1][:300] if res["output"].strip() else "no output"
+        else:
+            n_tokens = int(m.group(1).replace(",", ""))
+            entry.update(tokens=n_tokens, seconds=float(m.group(2)), tokens_per_s=float(m.group(3)),
+                         loss=float(lm.group(1)) if lm else None)
+            flops = eval_forward_flops(shape, n_tokens, streams, EVAL_TPS, EVAL_MEM, eval_counts)
+            entry["model_flops_per_s"] = flops / entry["seconds"]
+            entry["fraction_of_peak"] = entry["model_flops_per_s"] / peak["flops_per_s"]
+            if dtype == "fp32":
+                fp32_loss[(name, streams)] = entry["loss"]
+            elif fp32_loss.get((name, streams)) == entry["loss"]:
+                # Same loss to all printed digits as fp32: the model was not run in bf16.
+                entry["note"] = "--bf16 had no effect (same loss as fp32): fairseq 0.12.2's eval-lm only casts for --fp16"
+        results["eval"].append(entry)
+
+
+# ------------------------------------------------------------------------------------ quality
+def quality_flags(args) -> List[str]:
+    m = dict(BENCH_MODEL, dropout=args.quality_dropout)
+    return ["--task", "truncated_bptt_lm", "--tokens-per-sample", str(BENCH_TPS),
+            "--batch-size", str(BENCH_BATCH), *model_flags(m),
+            "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.25",
+            "--lr", str(args.quality_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
+            "--warmup-init-lr", "1e-07",
+            "--cpu", "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "10",
+            "--disable-validation", "--no-epoch-checkpoints"]
+
+
+def train_log(text: str) -> List[Dict]:
+    """The train_inner json records of a fairseq-train log (update, ppl, wall seconds)."""
+    rows = []
+    for line in text.splitlines():
+        if "| train_inner |" in line:
+            try:
+                rec = json.loads(line.split("| train_inner |", 1)[1])
+            except ValueError:
+                continue
+            rows.append({"update": int(rec["num_updates"]), "ppl": float(rec["ppl"]),
+                         "wall": float(rec["wall"]), "wps": float(rec["wps"])})
+    return rows
+
+
+def final_updates(text: str) -> int:
+    found = re.findall(r"num_updates\D+(\d+)", text)
+    if not found:
+        raise ValueError("no num_updates in the training log")
+    return int(found[-1])
+
+
+def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results: Dict) -> None:
+    threads = args.threads
+    hours = args.budget_minutes / 60.0
+    flags = quality_flags(args)
+    plan = [("example-time", EXAMPLE, ["--stop-time-hours", f"{hours:.6f}"]),
+            ("ours-updates", OURS, None),  # --max-update: the example's count, filled in below
+            ("ours-time", OURS, ["--stop-time-hours", f"{hours:.6f}"])]
+    runs = {}
+    for label, name, extra in plan:
+        side = sides[name]
+        if extra is None:
+            extra = ["--max-update", str(runs["example-time"]["updates"])]
+        save = os.path.join(work, f"quality-{label}")
+        path = save + ".out"
+        log(f"quality: training {label} ({' '.join(extra)})")
+        res = check(run_cmd([side.cli("fairseq-train"), data, *flags, "--user-dir", side.user_dir,
+                             "--save-dir", save, *extra], path, threads), f"fairseq-train {label}", path)
+        runs[label] = {"impl": name, "updates": final_updates(res["output"]), "train_wall_s": res["wall_s"],
+                       "curve": train_log(res["output"]), "checkpoint": os.path.join(save, "checkpoint_last.pt"),
+                       "log": os.path.relpath(path, ROOT)}
+    memories = {"short": {"tps": BENCH_TPS, "mem_len": BENCH_MODEL["mem_len"], "clamp_len": -1,
+                          "same_length": False},
+                "long": {"tps": EVAL_TPS, "mem_len": EVAL_MEM, "clamp_len": EVAL_CLAMP, "same_length": True}}
+    for label, run in runs.items():
+        side = sides[run["impl"]]
+        run["test"] = {}
+        for mem_name, mem in memories.items():
+            path = os.path.join(work, f"quality-{label}-eval-{mem_name}.out")
+            log(f"quality: fairseq-eval-lm {label}, {mem_name} memory")
+            overrides = (f'{{"mem_len": {mem["mem_len"]}, "clamp_len": {mem["clamp_len"]}, '
+                         f'"same_length": {mem["same_length"]}}}')
+            res = check(run_cmd([side.cli("fairseq-eval-lm"), data, "--path", run["checkpoint"],
+                                 "--user-dir", side.user_dir, "--task", "truncated_bptt_lm",
+                                 "--gen-subset", "test", "--cpu", "--num-workers", "0",
+                                 "--batch-size", str(args.quality_eval_streams),
+                                 "--required-batch-size-multiple", "1",
+                                 "--tokens-per-sample", str(mem["tps"]), "--model-overrides", overrides],
+                                path, threads), f"fairseq-eval-lm {label} {mem_name}", path)
+            lm = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", res["output"])
+            m = re.search(r"Evaluated ([\d,]+) tokens", res["output"])
+            run["test"][mem_name] = {"ppl": float(lm.group(2)), "loss_base2": float(lm.group(1)),
+                                     "tokens": int(m.group(1).replace(",", "")), **mem}
+    results["quality"] = {"budget_minutes": args.budget_minutes, "flags": flags,
+                          "eval_streams": args.quality_eval_streams, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------- report
+def fmt(x, digits=0):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def report(results: Dict) -> str:
+    lines = []
+    mach = results["machine"]
+    lines.append(f"Machine: {mach['cpu']}, {mach['logical_cpus']} logical CPUs, "
+                 f"{fmt(mach['memory_gib'], 1)} GiB; {mach['threads']} threads; load average at start "
+                 f"{mach['load_average_start'][0]:.2f}, at end {mach['load_average_end'][0]:.2f}")
+    versions = {}
+    for side in results.get("train", {}).values():
+        versions.update({k: v for k, v in side["versions"].items()})
+    if versions:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    lines.append(f"Run: {results['started']} .. {results['finished']} UTC, command: `{results['command']}`")
+    lines.append("")
+    if "train" in results:
+        peak = results["matmul_peak"]["flops_per_s"]
+        lines.append(f"Measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s "
+                     f"({results['matmul_peak']['best_size']}^3, {results['matmul_peak']['threads']} threads)")
+        lines.append("")
+        ex, us = results["train"][EXAMPLE], results["train"][OURS]
+        lines.append(f"Training, forward+backward (batch {BENCH_BATCH} x {BENCH_TPS} tokens, mem_len "
+                     f"{BENCH_MODEL['mem_len']}, fp32; best of {len(ex['tokens_per_s_rounds'])} rounds)")
+        lines.append("")
+        lines.append("| implementation | params | tokens/s | rounds tokens/s | peak RSS MiB (before steps) | "
+                     "model GFLOP/step | executed GFLOP/step | model GFLOP/s | % of matmul peak |")
+        lines.append("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+        for name, label in ((EXAMPLE, "fairseq example (HF TransfoXL)"), (OURS, "ours")):
+            t = results["train"][name]
+            lines.append(
+                f"| {label} | {t['params']:,} | {fmt(t['tokens_per_s'])} | "
+                f"{', '.join(fmt(x) for x in t['tokens_per_s_rounds'])} | "
+                f"{fmt(t['peak_rss_mb'])} ({fmt(t['rss_before_mb'])}) | {t['model_flops_per_step'] / 1e9:.2f} | "
+                f"{t['executed_flops_per_step'] / 1e9:.2f} | {t['model_flops_per_s'] / 1e9:.1f} | "
+                f"{100 * t['fraction_of_peak']:.1f} |")
+        ratio = us["tokens_per_s"] / ex["tokens_per_s"]
+        lines.append("")
+        lines.append(f"Training speed, ours / example: **{ratio:.2f}x** (target >= 3.5x: "
+                     f"{'met' if ratio >= 3.5 else 'NOT met'})")
+        lines.append("")
+    if "eval" in results:
+        lines.append(f"fairseq-eval-lm (tokens_per_sample {EVAL_TPS}, mem_len {EVAL_MEM}, clamp_len "
+                     f"{EVAL_CLAMP}, same_length; speedtest split; checkpoint of the benchmark size)")
+        lines.append("")
+        lines.append("| implementation | batch (streams) | dtype | tokens | tokens/s | peak RSS MiB | "
+                     "model GFLOP/s | % of matmul peak | note |")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---|")
+        base = {}
+        for e in results["eval"]:
+            label = "fairseq example (HF TransfoXL)" if e["impl"] == EXAMPLE else "ours"
+            if "error" in e:
+                lines.append(f"| {label} | {e['batch']} | {e['dtype']} | - | failed | - | - | - | "
+                             f"{e['error'].replace('|', '/')} |")
+                continue
+            if e["dtype"] == "fp32" and e["batch"] == 1:
+                base[e["impl"]] = e["tokens_per_s"]
+            lines.append(f"| {label} | {e['batch']} | {e['dtype']} | {e['tokens']:,} | {fmt(e['tokens_per_s'])} | "
+                         f"{fmt(e['max_rss_mb'])} | {e['model_flops_per_s'] / 1e9:.1f} | "
+                         f"{100 * e['fraction_of_peak']:.1f} | {e.get('note', '')} |")
+        lines.append("| ours | 1 | fp16 | - | not measured | - | - | - | CPU: fairseq's --fp16 is a GPU mode "
+                     "(half-precision matmuls have no fast CPU kernels here) |")
+        if EXAMPLE in base and OURS in base:
+            ratio = base[OURS] / base[EXAMPLE]
+            lines.append("")
+            lines.append(f"fairseq-eval-lm speed at batch 1, fp32, ours / example: **{ratio:.2f}x** "
+                         f"(target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+        lines.append("")
+    if "quality" in results:
+        q = results["quality"]
+        lines.append(f"Quality at equal budget (WikiText-2 test perplexity by fairseq-eval-lm, "
+                     f"{q['eval_streams']} streams; budget {q['budget_minutes']} min wall-clock)")
+        lines.append("")
+        lines.append("| run | implementation | updates | train wall s | test ppl, short memory "
+                     f"(tps {BENCH_TPS}, mem {BENCH_MODEL['mem_len']}) | test ppl, long memory "
+                     f"(tps {EVAL_TPS}, mem {EVAL_MEM}, clamp {EVAL_CLAMP}, same_length) |")
+        lines.append("|---|---|---:|---:|---:|---:|")
+        names = {"example-time": "example, time budget", "ours-updates": "ours, same updates as the example",
+                 "ours-time": "ours, same time budget"}
+        for label, run in q["runs"].items():
+            lines.append(f"| {names[label]} | {run['impl']} | {run['updates']:,} | {run['train_wall_s']:.0f} | "
+                         f"{run['test']['short']['ppl']:.2f} | {run['test']['long']['ppl']:.2f} |")
+        if results.get("plot"):
+            lines.append("")
+            lines.append(f"Plot: {results['plot']}")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "wikitext-2"),
+                        help="directory holding train.txt, valid.txt, test.txt")
+    parser.add_argument("--parts", default="speed,quality", help="comma-separated: speed, quality")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating training-speed rounds per side")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--eval-speed-tokens", type=int, default=16384,
+                        help="size of the speedtest split (the start of test.txt) scored for eval-lm speed")
+    parser.add_argument("--eval-streams", type=int, default=8, help="batch > 1 of the eval-lm speed runs")
+    parser.add_argument("--budget-minutes", type=float, default=3.0, help="quality: wall-clock budget per run")
+    parser.add_argument("--quality-lr", type=float, default=0.001)
+    parser.add_argument("--quality-dropout", type=float, default=0.1)
+    parser.add_argument("--quality-eval-streams", type=int, default=8)
+    parser.add_argument("--ours-venv", default=os.path.join(ROOT, ".venv", "py310"))
+    parser.add_argument("--example-venv", default=os.path.join(ROOT, ".venv", "bench-example"))
+    parser.add_argument("--out-dir", default=os.path.join(BENCH, "results"))
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"speed", "quality"}:
+        raise SystemExit(f"compare: --parts takes speed and/or quality, got {args.parts}")
+
+    started = datetime.datetime.utcnow()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    work = os.path.join(ROOT, "runs", "bench", stamp)
+    os.makedirs(work, exist_ok=True)
+    sides = {OURS: Side(OURS, args.ours_venv, os.path.join(ROOT, "truncated_bptt")),
+             EXAMPLE: Side(EXAMPLE, args.example_venv)}
+    results = {"started": f"{started:%Y-%m-%d %H:%M:%S}", "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+               "machine": machine_description(args.threads), "work_dir": os.path.relpath(work, ROOT),
+               "sides": {k: {"venv": os.path.relpath(s.venv, ROOT), "user_dir": s.user_dir} for k, s in sides.items()}}
+    data = prepare_data(args.text_dir, work, sides[OURS], args.eval_speed_tokens)
+    results["data"] = {"text_dir": os.path.abspath(args.text_dir), "data_bin": os.path.relpath(data, ROOT)}
+    if not os.path.isfile(os.path.join(data, "speedtest.txt")):
+        raise SystemExit(f"compare: {data} lacks speedtest.txt: remove it and rerun")
+
+    if "speed" in parts:
+        measure_speed(args, sides, data, work, results)
+    if "quality" in parts:
+        measure_quality(args, sides, data, work, results)
+    os.makedirs(args.out_dir, exist_ok=True)
+    base = os.path.join(args.out_dir, f"cpu-{stamp}")
+    if "quality" in parts:
+        from quality_plot import plot_quality
+
+        plot_quality(results["quality"], base + ".png")
+        results["plot"] = os.path.relpath(base + ".png", ROOT)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["finished"] = f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M:%S}"
+    table = report(results)
+    with open(base + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(table)
+    print()
+    print(table)
+    log(f"wrote {os.path.relpath(base, ROOT)}.md / .json; logs in {os.path.relpath(work, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
