@@ -1,0 +1,124 @@
+"""Generation with truncated_bptt_lm: one step per token over cached memory, scores equal to a plain
+full forward, --carry-memory across inputs, and the real fairseq-interactive / fairseq-generate."""
+import os
+
+import pytest
+import torch
+from fairseq.dataclass.configs import GenerationConfig
+
+from fairseq_cli import USER_DIR, preprocess, run, write_lines
+from inference_models import make_dictionary_dir, tiny_checkpoint, tiny_model
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dictionary_dir(str(tmp_path_factory.mktemp("gen_data")))
+
+
+def prompt_sample(task, lines):
+    """A fairseq-interactive batch of ``lines`` built by the task itself."""
+    d = task.dictionary
+    tokens = [d.encode_line(line, add_if_not_exist=False).long() for line in lines]
+    dataset = task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
+    return dataset.collater([dataset[i] for i in range(len(dataset))])
+
+
+def greedy(task, model, max_len_b=9):
+    return task.build_generator([model], GenerationConfig(beam=1, max_len_b=max_len_b, min_len=3))
+
+
+def full_forward_log_probs(model, stream):
+    """Naive reference: log p(stream[t + 1] | stream[:t + 1]) from ONE stateless forward, [L - 1]."""
+    with torch.no_grad():
+        features, _ = model(stream[:-1].unsqueeze(0))
+        return model.decoder.target_log_probs(features, stream[1:].unsqueeze(0))[0]
+
+
+def record_layer_inputs(model):
+    """Record (query length, memory length) of every call of the first layer."""
+    calls = []
+
+    def hook(module, args):
+        h, mem = args[0], args[3]
+        calls.append((h.size(1), 0 if mem is None else mem.size(1)))
+
+    return calls, model.decoder.layers[0].register_forward_pre_hook(hook)
+
+
+def test_each_token_costs_one_step_and_scores_equal_full_forward(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+    generator = greedy(task, model)
+    calls, handle = record_layer_inputs(model)
+    hypo = task.inference_step(generator, [model], prompt_sample(task, ["w1 w2 w3 w25"]))[0][0]
+    handle.remove()
+    tokens = hypo["tokens"]
+    assert tokens[:4].tolist() == [task.dictionary.index(w) for w in "w1 w2 w3 w25".split()]
+    assert len(tokens) == 10  # prompt (4) + 5 generated + final eos (max_len_b 9)
+    # One call per output token, each with a single query over all earlier positions as memory.
+    assert calls == [(1, m) for m in range(len(tokens))]
+    stream = torch.cat([tokens.new_tensor([task.dictionary.eos()]), tokens])
+    reference = full_forward_log_probs(model, stream)
+    assert torch.allclose(hypo["positional_scores"], reference, atol=1e-5)
+
+
+def test_memory_is_capped_at_mem_len_during_generation(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "3")
+    calls, handle = record_layer_inputs(model)
+    task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1 w2"]))
+    handle.remove()
+    assert calls == [(1, min(i, 3)) for i in range(len(calls))] and len(calls) == 10
+
+
+def test_carry_memory_generates_over_previous_inputs_and_outputs(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+    task.cfg.carry_memory = True
+    generator = greedy(task, model, max_len_b=7)
+    first = task.inference_step(generator, [model], prompt_sample(task, ["w4 w5"]))[0][0]
+    second = task.inference_step(generator, [model], prompt_sample(task, ["w6 w33 w7"]))[0][0]
+    eos = task.dictionary.eos()
+
+    def line(hypo):  # the stream's copy of an input: eos, then the hypothesis without its eos
+        t = hypo["tokens"]
+        return torch.cat([t.new_tensor([eos]), t[:-1] if t[-1] == eos else t])
+
+    stream = torch.cat([line(first), line(second), second["tokens"][-1:]])
+    reference = full_forward_log_probs(model, stream)
+    n = len(second["tokens"])
+    assert torch.allclose(second["positional_scores"], reference[-n:], atol=1e-5)
+
+    task.cfg.carry_memory = False  # without carrying, the second input starts from empty memory
+    alone = task.inference_step(greedy(task, model, 7), [model], prompt_sample(task, ["w6 w33 w7"]))
+    assert not torch.allclose(alone[0][0]["positional_scores"][:3], second["positional_scores"][:3])
+
+
+def test_carry_memory_rejects_batches_of_several_inputs(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "8")
+    task.cfg.carry_memory = True
+    with pytest.raises(ValueError, match="--batch-size 1"):
+        task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1", "w2 w3"]))
+
+
+def test_cli_interactive_sampling_with_prompt_and_carried_memory_and_generate_prefix(
+        data_dir, tmp_path):
+    # A split of text to generate from with fairseq-generate, made with the model's dictionary.
+    text, data = str(tmp_path / "text"), str(tmp_path / "data")
+    write_lines(os.path.join(text, "test.txt"), ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13"])
+    preprocess(text, data, splits=("test",), extra=["--srcdict", os.path.join(data_dir, "dict.txt")])
+    ckpt = str(tmp_path / "model.pt")
+    tiny_checkpoint(data, ckpt, "--mem-len", "16")
+    common = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--path", ckpt,
+              "--cpu", "--seed", "3", "--beam", "1", "--sampling", "--sampling-topk", "5",
+              "--sampling-topp", "0.9", "--temperature", "0.7", "--max-len-b", "12"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w1 w2 w3\nw30 w31\n")
+    out = run("fairseq-interactive", *common, "--carry-memory", "--input", str(prompts))
+    hyps = [line.split("\t")[2].split() for line in out.splitlines() if line.startswith("H-")]
+    assert len(hyps) == 2 and hyps[0][:3] == ["w1", "w2", "w3"] and hyps[1][:2] == ["w30", "w31"]
+
+    # fairseq-generate on a preprocessed split: each stream segment continues its first 4 tokens.
+    out = run("fairseq-generate", *common, "--gen-subset", "test", "--batch-size", "1",
+              "--prefix-size", "4")
+    targets = {l.split("\t")[0][2:]: l.split("\t")[1].split() for l in out.splitlines() if l.startswith("T-")}
+    hyps = {l.split("\t")[0][2:]: l.split("\t")[2].split() for l in out.splitlines() if l.startswith("H-")}
+    assert hyps and set(hyps) == set(targets)
+    assert all(hyps[i][:4] == targets[i][:4] for i in hyps)
