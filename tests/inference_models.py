@@ -21,6 +21,22 @@ def make_dictionary_dir(root, n_words=N_WORDS):
     return root
 
 
+def binarize(dict_dir, data_dir, split, lines):
+    """``data_dir/{split}.bin/.idx`` (+ dict.txt) as fairseq-preprocess --only-source would write
+    them, in-process (a CLI start costs seconds)."""
+    from fairseq.data import indexed_dataset
+
+    d = Dictionary.load(os.path.join(dict_dir, "dict.txt"))
+    os.makedirs(data_dir, exist_ok=True)
+    d.save(os.path.join(data_dir, "dict.txt"))
+    prefix = os.path.join(data_dir, split)
+    builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
+    for line in lines:
+        builder.add_item(d.encode_line(line, add_if_not_exist=False).int())
+    builder.finalize(prefix + ".idx")
+    return data_dir
+
+
 def tiny_model(data_dir, *extra, seed=0):
     """``(model, task, cfg)``: a random-weight tiny transformer_xl in eval mode."""
     torch.manual_seed(seed)

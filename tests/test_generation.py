@@ -6,8 +6,8 @@ import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from fairseq_cli import USER_DIR, preprocess, run, write_lines
-from inference_models import make_dictionary_dir, tiny_checkpoint, tiny_model
+from fairseq_cli import USER_DIR, run
+from inference_models import binarize, make_dictionary_dir, tiny_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +101,8 @@ def test_carry_memory_rejects_batches_of_several_inputs(data_dir):
 def test_cli_interactive_sampling_with_prompt_and_carried_memory_and_generate_prefix(
         data_dir, tmp_path):
     # A split of text to generate from with fairseq-generate, made with the model's dictionary.
-    text, data = str(tmp_path / "text"), str(tmp_path / "data")
-    write_lines(os.path.join(text, "test.txt"), ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13"])
-    preprocess(text, data, splits=("test",), extra=["--srcdict", os.path.join(data_dir, "dict.txt")])
+    data = str(tmp_path / "data")
+    binarize(data_dir, data, "test", ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13"])
     ckpt = str(tmp_path / "model.pt")
     tiny_checkpoint(data, ckpt, "--mem-len", "16")
     common = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--path", ckpt,
