@@ -73,6 +73,21 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def text_tokens(dictionary, train_txt, shape, device):
+    """The first tokens of WikiText-2's training text, as ``shape[0]`` consecutive streams."""
+    needed = shape[0] * shape[1]
+    ids = []
+    with open(train_txt, encoding="utf-8") as f:
+        for line in f:
+            ids.append(dictionary.encode_line(line, add_if_not_exist=False, append_eos=True))
+            if sum(len(t) for t in ids) >= needed:
+                break
+    flat = torch.cat(ids)
+    if flat.numel() < needed:
+        return None
+    return flat[:needed].view(shape).long().to(device)
+
+
 def zipf_tokens(n_token, shape, generator, device):
     """Token ids with a Zipf-like frequency profile (ids are frequency-sorted, as fairseq's are)."""
     ranks = torch.arange(1, n_token - 3, dtype=torch.float64)
@@ -144,12 +159,22 @@ def main():
     gen = torch.Generator().manual_seed(0)
     bsz, tps = args.batch_size, args.tokens_per_sample
     n_segments = 16
-    stream = zipf_tokens(len(dictionary), (bsz, tps * n_segments + 1), gen, device)
+    shape = (bsz, tps * n_segments + 1)
+    stream = None
+    if args.train_txt and os.path.exists(args.train_txt):
+        stream = text_tokens(dictionary, args.train_txt, shape, device)
+    data = "WikiText-2 training text"
+    if stream is None:
+        stream, data = zipf_tokens(len(dictionary), shape, gen, device), "Zipf-distributed random ids"
     pad = dictionary.pad()
 
     peak = matmul_peak(device, dtype)
     print(f"device {device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"load average {os.getloadavg()[0]:.2f} (other processes share the CPU)")
+    cluster_share = [((stream >= lo) & (stream < hi)).float().mean().item()
+                     for lo, hi in zip([0] + cfg.cutoffs, cfg.cutoffs + [len(dictionary)])]
+    print(f"tokens: {data}; share per adaptive-softmax cluster "
+          + ", ".join(f"{100 * x:.1f}%" for x in cluster_share))
     print(f"vocabulary {len(dictionary)}, parameters {n_params:,}, measured {args.dtype} matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s (2048^3)")
 
