@@ -92,6 +92,38 @@ def test_compiled_matches_foreach():
         )
 
 
+def test_compile_failure_falls_back_to_foreach(monkeypatch, caplog):
+    import truncated_bptt.nvidia_lamb as nvidia_lamb
+
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(nvidia_lamb, "_warm_up_kernels", no_compiler)
+    values = _initial_values()
+    eager, _ = _run_ours(values, 2, lr=0.05)
+    with caplog.at_level("WARNING"):
+        fallback, opt = _run_ours(values, 2, lr=0.05, compiled=True)
+    assert not opt.compiled and "torch.compile failed (RuntimeError: no C++ compiler)" in caplog.text
+    for a, b in zip(eager, fallback):
+        assert torch.equal(a, b)
+
+
+def test_implementation_choice(monkeypatch):
+    from truncated_bptt import lamb_optimizer
+
+    monkeypatch.setattr(lamb_optimizer, "apex_available", lambda: False)
+    small = [torch.nn.Parameter(torch.zeros(10))]
+    large = [torch.zeros(1).expand(lamb_optimizer.AUTO_COMPILE_MIN_PARAMS)]  # no memory
+    assert lamb_optimizer.choose_implementation("auto", small) == "foreach"
+    assert lamb_optimizer.choose_implementation("auto", large) == "compiled"
+    assert lamb_optimizer.choose_implementation("foreach", large) == "foreach"
+    with pytest.raises(ValueError, match="apex .* not installed: use --lamb-impl foreach"):
+        lamb_optimizer.choose_implementation("apex", small)
+    monkeypatch.setattr(lamb_optimizer, "apex_available", lambda: True)
+    with pytest.raises(ValueError, match="fp32 parameters on CUDA"):
+        lamb_optimizer.choose_implementation("apex", small)  # CPU params
+
+
 def test_step_scale_divides_gradients():
     values = _initial_values()
     scaled = [torch.nn.Parameter(v.clone()) for v in values]

@@ -32,6 +32,8 @@ from truncated_bptt.nvidia_lamb import NvidiaLamb
 logger = logging.getLogger(__name__)
 
 LAMB_IMPL_CHOICES = ChoiceEnum(["auto", "foreach", "compiled", "apex"])
+# --lamb-impl auto compiles the CPU kernels from this many parameters on (compiling takes ~10-30 s).
+AUTO_COMPILE_MIN_PARAMS = 10_000_000
 
 
 @dataclass
@@ -53,8 +55,9 @@ class NvidiaLambConfig(FairseqDataclass):
         metadata={
             "help": "foreach: eager multi-tensor torch ops (exact NVIDIA maths); compiled: the "
             "same maths as torch.compile'd fused kernels (fastest on CPU, compiles once per "
-            "process); apex: apex's FusedLAMB (CUDA, fp32 params; no clamp of ||p|| at 10); "
-            "auto: apex if installed and the parameters are fp32 on CUDA, else foreach"
+            "process, falls back to foreach if compiling fails); apex: apex's FusedLAMB (CUDA, "
+            "fp32 params; no clamp of ||p|| at 10); auto: apex if installed and the parameters "
+            "are fp32 on CUDA, compiled for >= 10M parameters on CPU, else foreach"
         },
     )
     lr: List[float] = II("optimization.lr")
@@ -131,7 +134,12 @@ def choose_implementation(requested: str, params: List[torch.Tensor]) -> str:
             )
         return "apex"
     if requested == "auto":
-        return "apex" if apex_available() and all_cuda_fp32 else "foreach"
+        if apex_available() and all_cuda_fp32:
+            return "apex"
+        on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
+        if on_cpu and sum(p.numel() for p in params) >= AUTO_COMPILE_MIN_PARAMS:
+            return "compiled"  # memory-bound eager ops are slow on CPU; compiling pays off
+        return "foreach"
     return requested
 
 

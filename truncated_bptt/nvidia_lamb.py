@@ -29,10 +29,13 @@ result back rounded to the parameter's dtype. ``step(scale=s)`` divides the grad
 (fairseq's loss-scale/clipping factor) inside the fp32 computation, so fp16 gradients are never
 unscaled in fp16.
 """
+import logging
 import math
 from typing import List, Optional, Tuple
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 MAX_WEIGHT_NORM = 10.0  # NVIDIA clamps ||p|| to [0, 10] before dividing by ||u||
 
@@ -82,6 +85,7 @@ class NvidiaLamb(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.compiled = compiled
+        self._compiled_for = set()  # (param dtype, grad dtype, device) the kernels compiled for
 
     @torch.no_grad()
     def step(self, closure=None, scale=1.0):
@@ -121,10 +125,28 @@ class NvidiaLamb(torch.optim.Optimizer):
             steps.append(state["step"])
         if not params:
             return
-        if self.compiled:
+        if self.compiled and self._kernels_compile(params, grads):
             _compiled_update(params, grads, exp_avgs, exp_avg_sqs, steps, group, inv_scale)
         else:
             _foreach_update(params, grads, exp_avgs, exp_avg_sqs, steps, group, inv_scale)
+
+    def _kernels_compile(self, params, grads) -> bool:
+        """Compile the kernels for each new dtype/device on dummy tensors before touching any
+        state; where torch.compile fails (no C++ compiler, no triton), warn and stay eager."""
+        for key in {(p.dtype, g.dtype, p.device) for p, g in zip(params, grads)}:
+            if key in self._compiled_for:
+                continue
+            try:
+                _warm_up_kernels(*key)
+            except Exception as err:  # compile errors come in many types (inductor, C++, triton)
+                logger.warning(
+                    "nvidia_lamb: torch.compile failed (%s: %s); using the eager foreach "
+                    "implementation instead", type(err).__name__, str(err).splitlines()[0][:200]
+                )
+                self.compiled = False
+                return False
+            self._compiled_for.add(key)
+        return True
 
     def load_state_dict(self, state_dict):
         """Load like torch, but keep m and v in fp32 (torch would cast them to fp16/bf16 params)."""
@@ -228,6 +250,16 @@ def _kernels():
         _KERNELS["moments"] = torch.compile(_moments_and_norms, dynamic=True, fullgraph=True)
         _KERNELS["apply"] = torch.compile(_apply_update, dynamic=True, fullgraph=True)
     return _KERNELS["moments"], _KERNELS["apply"]
+
+
+def _warm_up_kernels(param_dtype, grad_dtype, device):
+    moments, apply = _kernels()
+    one = torch.ones((), device=device)
+    p = torch.ones(8, dtype=param_dtype, device=device)
+    m, v = torch.zeros(8, device=device), torch.zeros(8, device=device)
+    g = torch.ones(8, dtype=grad_dtype, device=device)
+    moments(p, g, m, v, one, one, one, 0.9, 0.999, 1e-6, 0.0)
+    apply(p, m, v, one, one, one, 1e-6, 0.0)
 
 
 def _flat(t):
