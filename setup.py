@@ -18,6 +18,11 @@ setup(
     # depends on the Python version, so it is installed by scripts/setup_env.sh, not required here.
     install_requires=["torch>=2.0", "numpy"],
     extras_require={"test": ["pytest"], "plots": ["matplotlib"]},
+    entry_points={
+        "console_scripts": [
+            "truncated-bptt-export = truncated_bptt.export_cli:main",
+        ],
+    },
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
