@@ -89,6 +89,10 @@ def plot_sweep(results: List[Dict[str, float]], out_png: str,
         ax.legend()
     positive = [x for x in xs if x > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.minorticks_off()
+    ax.margins(x=0.05, y=0.12)
     ax.set_xlabel("mem_len at evaluation (tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title(title)
