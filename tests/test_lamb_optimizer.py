@@ -1,5 +1,6 @@
 """nvidia_lamb: NVIDIA's LAMB rule against a plain per-parameter reference, under fairseq's
 mixed-precision wrappers (overflow included), and through checkpoints."""
+import functools
 import io
 import json
 import os
@@ -172,7 +173,9 @@ def test_state_dict_round_trip_resumes_exactly(dtype):
 # ---- fairseq's wrappers (built from the real command-line config) -------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _cfg(*flags):
+    """The config fairseq-train builds from these flags (parsed once per flag set)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
