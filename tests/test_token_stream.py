@@ -4,7 +4,7 @@ import os
 import torch
 from fairseq.data import Dictionary, indexed_dataset
 
-from truncated_bptt.token_stream import TokenStream
+from truncated_bptt.token_stream import TokenStream, _contiguous_tokens, concatenate_lines
 
 
 def binarize(prefix, dictionary, lines):
@@ -47,3 +47,18 @@ def test_missing_split_is_none_and_empty_split_is_empty(tmp_path):
     binarize(str(tmp_path / "valid"), d, [])
     assert os.path.getsize(tmp_path / "valid.bin") == 0
     assert len(TokenStream.load(str(tmp_path / "valid"), d, name="valid")) == 0
+
+
+def test_whole_file_read_equals_the_line_by_line_reference(tmp_path):
+    d = Dictionary()
+    for i in range(300):  # ids beyond 255: the file holds uint16
+        d.add_symbol(f"w{i}")
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(f"w{int(j)}" for j in torch.randint(0, 300, (int(n),), generator=g))
+             for n in torch.randint(0, 9, (200,), generator=g)]
+    binarize(str(tmp_path / "train"), d, lines)
+    stream = TokenStream.load(str(tmp_path / "train"), d, name="train")
+    data = indexed_dataset.MMapIndexedDataset(str(tmp_path / "train"))
+    reference = concatenate_lines(data, "int64")
+    assert stream.tokens.tolist() == reference.tolist()
+    assert _contiguous_tokens(data) is not None  # the fast path was taken

@@ -57,9 +57,10 @@ class TokenStream(FairseqDataset):
         )
         if data is None:
             return None
-        lines = [np.asarray(data[i], dtype=dtype) for i in range(len(data))]
-        tokens = np.concatenate(lines) if lines else np.zeros(0, dtype=dtype)
-        return cls(torch.from_numpy(tokens), name=name, source=path)
+        tokens = _contiguous_tokens(data)
+        if tokens is None:
+            tokens = concatenate_lines(data, dtype)
+        return cls(torch.from_numpy(tokens.astype(dtype, copy=False)), name=name, source=path)
 
     def __getitem__(self, index):
         return self.tokens[index]
@@ -78,3 +79,26 @@ class TokenStream(FairseqDataset):
             "TokenStream is not batched directly; the truncated_bptt_lm task wraps it in a "
             "StreamDataset"
         )
+
+
+def concatenate_lines(data, dtype) -> np.ndarray:
+    """The items of an indexed dataset, one after another (any fairseq dataset implementation)."""
+    lines = [np.asarray(data[i], dtype=dtype) for i in range(len(data))]
+    return np.concatenate(lines) if lines else np.zeros(0, dtype=dtype)
+
+
+def _contiguous_tokens(data) -> Optional[np.ndarray]:
+    """Fast path for fairseq's memory-mapped format (``--dataset-impl mmap``, the default), whose
+    ``.bin`` file is the lines' tokens back to back: read it whole instead of line by line (a
+    Python loop over WikiText-103's 1.8M lines takes close to a minute). Returns None, for the
+    line-by-line path, for other formats or if the index does not describe one contiguous run."""
+    index = getattr(data, "_index", None)
+    buffer = getattr(data, "_bin_buffer", None)
+    if index is None or buffer is None or not hasattr(index, "_pointers"):
+        return None
+    sizes = np.asarray(index.sizes, dtype=np.int64)
+    itemsize = np.dtype(index.dtype).itemsize
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) * itemsize
+    if not np.array_equal(np.asarray(index._pointers, dtype=np.int64), starts):
+        return None
+    return np.frombuffer(buffer, dtype=index.dtype, count=int(sizes.sum()), offset=0)
