@@ -21,6 +21,7 @@ setup(
     entry_points={
         "console_scripts": [
             "truncated-bptt-export = truncated_bptt.export_cli:main",
+            "truncated-bptt-convert = truncated_bptt.convert_cli:main",
         ],
     },
     classifiers=[
