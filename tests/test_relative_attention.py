@@ -84,7 +84,11 @@ def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, m
     v = torch.randn(2, 3, generator=g, dtype=torch.float64)
     pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64)
     mask = attention_mask(qlen, mlen, same_length, mem_len)
-    ours = attn(h, pos_emb, u, v, mask, mem)
+    ours, kv = attn(h, pos_emb, u, v, mask, mem)
+    assert kv.shape == (bsz, mlen + qlen, 2, 2, 3)
+    if mem is not None:  # keys/values handed back in are used as the memory's
+        again, _ = attn(h, pos_emb, u, v, mask, mem * 0, mem_kv=kv[:, :mlen])
+        torch.testing.assert_close(again, ours)
     ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len)
     # encodings are computed in fp32 (as the originals do), hence not 1e-12
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
@@ -116,6 +120,6 @@ def test_half_precision_scores_stay_finite():
     mask = attention_mask(4, 0, False, 0)
     for dtype in (torch.bfloat16, torch.float16):
         a = attn.to(dtype)
-        out = a(h.to(dtype), position_encodings(4, 8, -1, dtype=dtype), torch.zeros(2, 4, dtype=dtype),
+        out, _ = a(h.to(dtype), position_encodings(4, 8, -1, dtype=dtype), torch.zeros(2, 4, dtype=dtype),
                 torch.zeros(2, 4, dtype=dtype), mask, None)
         assert out.dtype == dtype and torch.isfinite(out.float()).all()

@@ -148,6 +148,19 @@ def test_two_segments_with_memory_equal_one_long_segment():
     torch.testing.assert_close(again, first)
 
 
+def test_cached_memory_keys_values_follow_parameter_updates():
+    dec = small_decoder(mem_len=8).eval()
+    x = tokens(2, 12)
+    with torch.no_grad():
+        dec(x[:, :8], memory_key="valid", segment_index=0)
+        mems = dec.get_stream_memory("valid")
+        for p in dec.layers.parameters():
+            p.mul_(1.1)  # an optimizer step in between: the cached keys/values are stale
+        cached, _ = dec(x[:, 8:], memory_key="valid", segment_index=1)
+        recomputed, _ = dec.extract_features(x[:, 8:], mems)
+    torch.testing.assert_close(cached, recomputed)
+
+
 def test_clamp_len_and_same_length_change_what_memory_contributes():
     dec = small_decoder(mem_len=8).eval()
     x = tokens(2, 12)
@@ -217,11 +230,13 @@ def test_reorder_incremental_state_reorders_memory():
     state = {}
     with torch.no_grad():
         dec(x[:, :4], incremental_state=state)
-        before = [m.clone() for m in dec.get_incremental_state(state, "memory").values()
-                  if m.dim() == 3]
+        before = [m.clone() for k, m in dec.get_incremental_state(state, "memory").items()
+                  if k.startswith(("layer_", "kv_"))]
+        assert len(before) == 4  # hidden memory and cached keys/values of both layers
         order = torch.tensor([2, 2, 0])
         dec.reorder_incremental_state_scripting(state, order)
-        after = [m for m in dec.get_incremental_state(state, "memory").values() if m.dim() == 3]
+        after = [m for k, m in dec.get_incremental_state(state, "memory").items()
+                 if k.startswith(("layer_", "kv_"))]
         for b, a in zip(before, after):
             torch.testing.assert_close(a, b[order])
         step, _ = dec(x[order], incremental_state=state)
@@ -236,13 +251,13 @@ def test_sampling_with_a_prefix_through_fairseq_sequence_generator():
     dec = small_decoder().eval()
     model = txl.TransformerXLLanguageModel(dec)
     calls = []
-    original = dec.extract_features
+    original = dec._run
 
-    def counting(tok, mems=None, **kw):
+    def counting(tok, state):
         calls.append(tok.size(1))
-        return original(tok, mems, **kw)
+        return original(tok, state)
 
-    dec.extract_features = counting
+    dec._run = counting
     gen = SequenceGenerator([model], dec.dictionary, beam_size=2, max_len_b=6,
                             search_strategy=search.Sampling(dec.dictionary, sampling_topk=5))
     prefix = tokens(1, 3)

@@ -14,7 +14,7 @@ Layouts are batch-first: hidden states ``[B, T, d_model]``, memory ``[B, M, d_mo
 ``K = M + T`` keys; scores ``[B, n_head, T, K]``.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +107,16 @@ class RelativeMultiHeadAttention(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
 
     def forward(self, h: Tensor, pos_emb: Tensor, r_w_bias: Tensor, r_r_bias: Tensor,
-                mask: Optional[Tensor], mem: Optional[Tensor] = None) -> Tensor:
+                mask: Optional[Tensor], mem: Optional[Tensor] = None,
+                mem_kv: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """
         h: ``[B, T, d_model]`` current segment; mem: ``[B, M, d_model]`` or None (detached).
+        mem_kv: optional ``[B, M, 2, n_head, d_head]`` keys/values of ``mem`` computed earlier with
+        the same weights (generation and evaluation reuse them instead of recomputing).
         pos_emb: ``[K + 1, d_model]`` encodings whose row 0 is zero and rows ``1..K`` stand for
         distances ``K-1, ..., 0`` (see :func:`rel_shift`); r_w_bias/r_r_bias: ``[n_head, d_head]``.
-        mask: bool ``[T, K]`` (True = hidden) or None. Returns ``[B, T, d_model]``.
+        mask: bool ``[T, K]`` (True = hidden) or None.
+        Returns the output ``[B, T, d_model]`` and the keys/values ``[B, K, 2, n_head, d_head]``.
         """
         bsz, qlen, _ = h.shape
         n_head, d_head, hd = self.n_head, self.d_head, self.n_head * self.d_head
@@ -120,12 +124,13 @@ class RelativeMultiHeadAttention(nn.Module):
         # Fused q/k/v for the current segment; keys/values of the (detached) memory come from the
         # k/v rows of the same weight, so autograd never forms a gradient for the memory inputs.
         qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
-        q, k, v = qkv.unbind(2)
-        if mem is not None and mem.size(1) > 0:
+        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        if mem_kv is None and mem is not None and mem.size(1) > 0:
             m = self.layer_norm(mem) if self.pre_lnorm else mem
-            kv_mem = F.linear(m, self.qkv_net.weight[hd:]).view(bsz, -1, 2, n_head, d_head)
-            k = torch.cat([kv_mem[:, :, 0], k], dim=1)
-            v = torch.cat([kv_mem[:, :, 1], v], dim=1)
+            mem_kv = F.linear(m, self.qkv_net.weight[hd:]).view(bsz, -1, 2, n_head, d_head)
+        if mem_kv is not None and mem_kv.size(1) > 0:
+            kv = torch.cat([mem_kv.to(kv.dtype), kv], dim=1)
+        k, v = kv.unbind(2)
         klen = k.size(1)
         r = F.linear(pos_emb, self.r_net.weight).view(klen + 1, n_head, d_head)
 
@@ -150,5 +155,5 @@ class RelativeMultiHeadAttention(nn.Module):
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)
         if self.pre_lnorm:
-            return h + out
-        return self.layer_norm(h + out)
+            return h + out, kv
+        return self.layer_norm(h + out), kv

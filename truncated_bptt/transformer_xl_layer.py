@@ -1,5 +1,5 @@
 """One Transformer-XL decoder layer: relative attention sublayer, then position-wise feed-forward."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,12 @@ class TransformerXLLayer(nn.Module):
             self.r_w_bias = self.r_r_bias = None
 
     def forward(self, h: Tensor, pos_emb: Tensor, mask: Optional[Tensor], mem: Optional[Tensor],
-                r_w_bias: Optional[Tensor] = None, r_r_bias: Optional[Tensor] = None) -> Tensor:
-        """h ``[B, T, d]``, mem ``[B, M, d]`` or None, pos_emb ``[K + 1, d]``, mask ``[T, K]``."""
+                r_w_bias: Optional[Tensor] = None, r_r_bias: Optional[Tensor] = None,
+                mem_kv: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """h ``[B, T, d]``, mem ``[B, M, d]`` or None, pos_emb ``[K + 1, d]``, mask ``[T, K]``,
+        mem_kv: cached keys/values of mem or None. Returns the output ``[B, T, d]`` and the
+        keys/values ``[B, K, 2, n_head, d_head]`` (see :class:`RelativeMultiHeadAttention`)."""
         if self.r_w_bias is not None:
             r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
-        return self.ff(self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem))
-
+        out, kv = self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem, mem_kv)
+        return self.ff(out), kv

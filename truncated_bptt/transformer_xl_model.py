@@ -226,43 +226,47 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return features, {"attn": [None], "inner_states": None}
 
     def _forward_stream(self, tokens: Tensor, key: str, segment_index) -> Tensor:
-        mems = None
+        state = None
         if segment_index is not None and int(segment_index) > 0:
-            mems = self.get_stream_memory(key)
-            if mems is None and key not in self._warned_missing:
+            state = self._saved_memory(self._stream_states.get(key))
+            if state is None and key not in self._warned_missing:
                 self._warned_missing.add(key)
                 logger.warning(f"segment {int(segment_index)} of stream set '{key}' has no memory "
                                "(e.g. resumed without it); starting with empty memory")
-        if mems is not None and mems[0].size(0) != tokens.size(0):
+        if state is not None and state["layer_0"].size(0) != tokens.size(0):
             raise ValueError(
-                f"stream set '{key}' has memory for {mems[0].size(0)} streams but the batch has "
-                f"{tokens.size(0)} rows; keep the batch size fixed within a pass or start at segment 0"
+                f"stream set '{key}' has memory for {state['layer_0'].size(0)} streams but the batch "
+                f"has {tokens.size(0)} rows; keep the batch size fixed within a pass or start at "
+                "segment 0"
             )
-        features, new_mems = self.extract_features(tokens, mems)
-        if new_mems is None:
+        features, new_state = self._run(tokens, state)
+        if new_state is None:
             self.reset_stream_memory(key)
         else:
-            self.set_stream_memory(key, new_mems)
+            self.set_incremental_state(self._stream_states.setdefault(key, {}), "memory", new_state)
         return features
 
     def _forward_incremental(self, tokens: Tensor, incremental_state) -> Tensor:
         state = self.get_incremental_state(incremental_state, "memory")
-        consumed, mems = 0, None
-        if state is not None:
-            consumed = int(state["consumed"])
-            if "layer_0" in state:
-                mems = [state[f"layer_{i}"] for i in range(len(self.layers))]
+        consumed = 0 if state is None else int(state["consumed"])
         if self.cfg.mem_len == 0 and tokens.size(1) > 1 and not self._warned_no_memory:
             self._warned_no_memory = True
             logger.warning("mem_len is 0, so generation sees no context; pass e.g. "
                            "--model-overrides '{\"mem_len\": 512}'")
-        features, new_mems = self.extract_features(tokens[:, consumed:], mems)
+        features, new_state = self._run(tokens[:, consumed:], self._saved_memory(state))
+        new_state = dict(new_state or {})
         # "consumed" is a CPU scalar: reading it never synchronises with an accelerator.
-        new_state: Dict[str, Optional[Tensor]] = {"consumed": torch.tensor(tokens.size(1))}
-        for i, mem in enumerate(new_mems or []):
-            new_state[f"layer_{i}"] = mem
+        new_state["consumed"] = torch.tensor(tokens.size(1))
         self.set_incremental_state(incremental_state, "memory", new_state)
         return features
+
+    def _saved_memory(self, state) -> Optional[Dict[str, Tensor]]:
+        """The memory entries of an incremental-state dict (or of a stream's dict), or None."""
+        if state is not None and "layer_0" not in state:  # a stream's incremental-state dict
+            state = self.get_incremental_state(state, "memory")
+        if state is None or "layer_0" not in state:
+            return None
+        return state
 
     def extract_features(self, tokens: Tensor, mems: Optional[List[Tensor]] = None,
                          **unused) -> Tuple[Tensor, Optional[List[Tensor]]]:
@@ -270,12 +274,36 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
         Returns features ``[B, T, d_model]`` and the new memory (None when ``mem_len == 0``).
         """
+        state = None if mems is None else {f"layer_{i}": m for i, m in enumerate(mems)}
+        features, new_state = self._run(tokens, state)
+        if new_state is None:
+            return features, None
+        return features, [new_state[f"layer_{i}"] for i in range(len(self.layers))]
+
+    def _run(self, tokens: Tensor, state: Optional[Dict[str, Tensor]]
+             ) -> Tuple[Tensor, Optional[Dict[str, object]]]:
+        """The network over ``[memory; tokens]``.
+
+        ``state`` holds the memory: ``layer_i`` ``[B, M, d_model]`` for every layer, and, when it
+        was made without gradients, ``kv_i`` ``[B, M, 2, n_head, d_head]`` (the memory's keys and
+        values) with ``cached_for_weights`` identifying the parameters they were computed with.
+        Those are reused while the parameters are unchanged and gradients are off (evaluation, generation),
+        so a step never recomputes keys/values of the whole memory. Returns features
+        ``[B, T, d_model]`` and the new state (None when ``mem_len == 0``).
+        """
         cfg = self.cfg
         check_memory_options(cfg)
         bsz, qlen = tokens.shape
         h = self.embed(tokens)
-        if mems is not None:
-            mems = [m.to(h) for m in mems]
+        n_layer = len(self.layers)
+        mems = kvs = None
+        if state is not None:
+            mems = [state[f"layer_{i}"].to(h) for i in range(n_layer)]
+        cache_kv = not torch.is_grad_enabled() and cfg.mem_len > 0
+        weights_token = self._weights_token() if cache_kv else None
+        if cache_kv and state is not None and "kv_0" in state \
+                and state.get("cached_for_weights") == weights_token:
+            kvs = [state[f"kv_{i}"] for i in range(n_layer)]
         mlen = mems[0].size(1) if mems is not None else 0
         klen = mlen + qlen
         mask = None  # a single new token (generation) may see every key unless same_length
@@ -289,36 +317,41 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
         use_checkpoint = (cfg.checkpoint_activations or cfg.offload_activations) and self.training \
             and torch.is_grad_enabled()
-        hids = []
+        hids, new_kvs = [], []
         with self._offload_context(use_checkpoint):
             for i, layer in enumerate(self.layers):
                 hids.append(h)
-                mem_i = mems[i] if mems is not None else None
+                args = (h, pos_emb, mask, None if mems is None else mems[i], self.r_w_bias,
+                        self.r_r_bias, None if kvs is None else kvs[i])
                 if use_checkpoint:
-                    h = checkpoint(layer, h, pos_emb, mask, mem_i, self.r_w_bias, self.r_r_bias,
-                                   use_reentrant=False)
+                    h, kv = checkpoint(layer, *args, use_reentrant=False)
                 else:
-                    h = layer(h, pos_emb, mask, mem_i, self.r_w_bias, self.r_r_bias)
+                    h, kv = layer(*args)
+                if cache_kv:
+                    new_kvs.append(kv)
         if cfg.dropout > 0.0 and self.training:
             h = F.dropout(h, p=cfg.dropout)
-        return h, self._update_memory(hids, mems)
+        if cfg.mem_len == 0:
+            return h, None
+        new_state: Dict[str, object] = {}
+        with torch.no_grad():
+            for i, hid in enumerate(hids):
+                cat = hid if mems is None else torch.cat([mems[i], hid], dim=1)
+                new_state[f"layer_{i}"] = cat[:, -cfg.mem_len:].detach().contiguous()
+            for i, kv in enumerate(new_kvs):  # kv already covers [memory; tokens]
+                new_state[f"kv_{i}"] = kv[:, -cfg.mem_len:].contiguous()
+        if cache_kv:
+            new_state["cached_for_weights"] = weights_token
+        return h, new_state
+
+    def _weights_token(self):
+        """Identifies the current parameter values: storage, in-place update count, dtype."""
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
 
     def _offload_context(self, use_checkpoint: bool):
         if use_checkpoint and self.cfg.offload_activations:
             return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
         return _NullContext()
-
-    def _update_memory(self, hids: List[Tensor], mems: Optional[List[Tensor]]) -> Optional[List[Tensor]]:
-        """Last ``mem_len`` positions of ``[memory; layer inputs]`` per layer, detached."""
-        mem_len = self.cfg.mem_len
-        if mem_len == 0:
-            return None
-        with torch.no_grad():
-            new = []
-            for i, hid in enumerate(hids):
-                cat = hid if mems is None else torch.cat([mems[i], hid], dim=1)
-                new.append(cat[:, -mem_len:].detach().contiguous())
-        return new
 
     # ---------------------------------------------------------------- outputs
     def target_log_probs(self, features: Tensor, target: Tensor) -> Tensor:
@@ -349,13 +382,10 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     # ---------------------------------------------------------------- memory API
     def get_stream_memory(self, memory_key: str) -> Optional[List[Tensor]]:
         """Memory of stream set ``memory_key``: ``n_layer`` tensors ``[B, M, d_model]``, or None."""
-        state = self._stream_states.get(memory_key)
+        state = self._saved_memory(self._stream_states.get(memory_key))
         if state is None:
             return None
-        saved = self.get_incremental_state(state, "memory")
-        if saved is None:
-            return None
-        return [saved[f"layer_{i}"] for i in range(len(self.layers))]
+        return [state[f"layer_{i}"] for i in range(len(self.layers))]
 
     def set_stream_memory(self, memory_key: str, mems: List[Tensor]) -> None:
         if len(mems) != len(self.layers):
@@ -372,11 +402,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             self._stream_states.pop(memory_key, None)
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """Beam search: row ``b`` of the memory (and cached keys/values) becomes ``new_order[b]``."""
         state = self.get_incremental_state(incremental_state, "memory")
         if state is None:
             return
         reordered = {
-            k: (v.index_select(0, new_order) if k.startswith("layer_") and v is not None else v)
+            k: v.index_select(0, new_order) if k.startswith(("layer_", "kv_")) else v
             for k, v in state.items()
         }
         self.set_incremental_state(incremental_state, "memory", reordered)
