@@ -62,6 +62,10 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
     # Read (not set) here to know when a checkpoint may follow an update, so that the memory of
     # all ranks is gathered in time; not command-line options of the task.
     save_interval_updates: int = II("checkpoint.save_interval_updates")
+    # fairseq-eval-lm / -generate / -interactive 0.12 honour --fp16 but ignore --bf16: the task
+    # casts the model it builds (fairseq-train casts it the same way itself).
+    bf16: bool = II("common.bf16")
+    fp16: bool = II("common.fp16")
     max_update: int = II("optimization.max_update")
 
 
@@ -251,6 +255,13 @@ class TruncatedBPTTLMTask(FairseqTask):
         return hypos
 
     # ---- model and criterion -----------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        """The model, in bf16 with --bf16 (fairseq-eval-lm/-generate would otherwise score in fp32)."""
+        model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        if self._root_setting("bf16") and not self._root_setting("fp16"):
+            model = model.to(torch.bfloat16)
+        return model
+
     def build_criterion(self, cfg):
         """fairseq's default ``cross_entropy`` becomes ``adaptive_cross_entropy`` (same loss)."""
         from fairseq import criterions

@@ -1,0 +1,77 @@
+"""fairseq-eval-lm scoring with truncated_bptt_lm: one stream or several (batch > 1), fp32 and bf16,
+equal to the model streaming the same segments in-process."""
+import math
+import re
+
+import pytest
+import torch
+
+from fairseq_cli import USER_DIR, run
+from inference_models import binarize, make_dictionary_dir, tiny_model
+from truncated_bptt.fairseq_checkpoint import build_model, save_checkpoint
+
+# 6 lines x (7 words + eos) = 48 tokens: 1, 2 or 3 streams of equal length, 8-token segments.
+LINES = [" ".join(f"w{(7 * i + 3 * j) % 40}" for j in range(7)) for i in range(6)]
+T = 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring")
+    data = binarize(make_dictionary_dir(str(root / "dict")), str(root / "data"), "test", LINES)
+    ckpt = str(root / "model.pt")
+    model, task, cfg = tiny_model(data, "--mem-len", "12", "--tokens-per-sample", str(T))
+    with torch.no_grad():  # sharp random weights, so precision and context visibly matter
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    save_checkpoint(model, cfg, ckpt)
+    return data, ckpt, model, task
+
+
+def split_tokens(task):
+    d = task.dictionary
+    return torch.cat([d.encode_line(line, add_if_not_exist=False).long() for line in LINES])
+
+
+def streamed_loss(model, task, streams, dtype):
+    """Base-2 loss of the split cut into ``streams`` equal streams, each read in T-token segments
+    over the model's memory (what fairseq-eval-lm does), computed in-process in ``dtype``."""
+    tokens = split_tokens(task)
+    inputs = torch.cat([tokens.new_tensor([task.dictionary.eos()]), tokens[:-1]])
+    length = tokens.numel() // streams
+    model = model.to(dtype)
+    total = 0.0
+    with torch.no_grad():
+        for k, start in enumerate(range(0, length, T)):
+            rows = [slice(s * length + start, s * length + start + T) for s in range(streams)]
+            src = torch.stack([inputs[r] for r in rows])
+            tgt = torch.stack([tokens[r] for r in rows])
+            features, _ = model(src, memory_key="test", segment_index=k)
+            total -= model.decoder.target_log_probs(features, tgt).sum().item()
+    model.float()
+    return total / tokens.numel() / math.log(2)
+
+
+def eval_lm(data, ckpt, *args):
+    log = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+              "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(T), "--cpu", *args)
+    return float(re.search(r"Loss \(base 2\): ([0-9.]+)", log).group(1))
+
+
+def test_bf16_option_casts_the_model_the_task_builds(setup):
+    data = setup[0]
+    model, _, _ = build_model(data, ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--d-head",
+                                     "8", "--d-inner", "32", "--cutoffs", "20,30", "--bf16"])
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_eval_lm_one_stream_fp32_and_three_streams_bf16(setup):
+    data, ckpt, model, task = setup
+    one = streamed_loss(model, task, 1, torch.float32)
+    three = streamed_loss(model, task, 3, torch.float32)
+    three_bf16 = streamed_loss(model, task, 3, torch.bfloat16)
+    assert abs(one - three) > 5e-4  # streams see different contexts: a real difference
+    assert abs(three - three_bf16) > 1e-3  # bf16 is visibly not fp32 ...
+    assert abs(three - three_bf16) < 0.05 * three  # ... but close
+    assert eval_lm(data, ckpt, "--batch-size", "1") == pytest.approx(one, abs=2e-4)
+    assert eval_lm(data, ckpt, "--batch-size", "3", "--bf16") == pytest.approx(three_bf16, abs=2e-4)
