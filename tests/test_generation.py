@@ -61,6 +61,23 @@ def test_each_token_costs_one_step_and_scores_equal_full_forward(data_dir):
     assert torch.allclose(hypo["positional_scores"], reference, atol=1e-5)
 
 
+def test_sampling_top_k_and_temperature_reach_the_generator(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+    with torch.no_grad():  # a peaked model, so that unrestricted sampling leaves the greedy path
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    sample = prompt_sample(task, ["w1 w2"])
+    best = task.inference_step(greedy(task, model, 30), [model], sample)[0][0]["tokens"]
+
+    def sampled(**options):
+        torch.manual_seed(0)
+        cfg = GenerationConfig(beam=1, max_len_b=30, min_len=3, sampling=True, **options)
+        return task.inference_step(task.build_generator([model], cfg), [model], sample)[0][0]["tokens"]
+
+    assert torch.equal(sampled(sampling_topk=1), best)
+    assert not torch.equal(sampled(temperature=5.0), best)
+
+
 def test_memory_is_capped_at_mem_len_during_generation(data_dir):
     model, task, _ = tiny_model(data_dir, "--mem-len", "3")
     calls, handle = record_layer_inputs(model)
@@ -106,17 +123,18 @@ def test_cli_interactive_sampling_with_prompt_and_carried_memory_and_generate_pr
     ckpt = str(tmp_path / "model.pt")
     tiny_checkpoint(data, ckpt, "--mem-len", "16")
     common = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--path", ckpt,
-              "--cpu", "--seed", "3", "--beam", "1", "--sampling", "--sampling-topk", "5",
-              "--sampling-topp", "0.9", "--temperature", "0.7", "--max-len-b", "12"]
+              "--cpu", "--seed", "3", "--beam", "1", "--sampling", "--temperature", "0.7",
+              "--max-len-b", "12"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w1 w2 w3\nw30 w31\n")
-    out = run("fairseq-interactive", *common, "--carry-memory", "--input", str(prompts))
+    out = run("fairseq-interactive", *common, "--sampling-topk", "5", "--carry-memory",
+              "--input", str(prompts))
     hyps = [line.split("\t")[2].split() for line in out.splitlines() if line.startswith("H-")]
     assert len(hyps) == 2 and hyps[0][:3] == ["w1", "w2", "w3"] and hyps[1][:2] == ["w30", "w31"]
 
     # fairseq-generate on a preprocessed split: each stream segment continues its first 4 tokens.
     out = run("fairseq-generate", *common, "--gen-subset", "test", "--batch-size", "1",
-              "--prefix-size", "4")
+              "--prefix-size", "4", "--sampling-topp", "0.9")
     targets = {l.split("\t")[0][2:]: l.split("\t")[1].split() for l in out.splitlines() if l.startswith("T-")}
     hyps = {l.split("\t")[0][2:]: l.split("\t")[2].split() for l in out.splitlines() if l.startswith("H-")}
     assert hyps and set(hyps) == set(targets)
