@@ -296,7 +296,8 @@ PEAK, WARMUP, ETA_MIN, MAX_UPDATE = 0.02, 3, 0.002, 12
 
 def test_fairseq_train_resume_is_exact(tmp_path):
     """Two epochs straight vs. the same run restarted from its epoch-1 checkpoint: identical
-    weights, LAMB state and learning rates (the schedule is a function of the update count)."""
+    weights, LAMB state and learning rates (the schedule is a function of the update count).
+    Under --memory-efficient-fp16: fp16 weights, fp32 LAMB state, dynamic loss scaling."""
     text = tmp_path / "text"
     lines, k = [], 0
     for i in range(24):
@@ -308,8 +309,8 @@ def test_fairseq_train_resume_is_exact(tmp_path):
     preprocess(str(text), str(tmp_path / "data"))
     data = str(tmp_path / "data")
 
-    straight_log = _train(data, tmp_path / "straight", 2)
-    log = _train(data, tmp_path / "resumed", 2,
+    straight_log = _train(data, tmp_path / "straight", 2, "--memory-efficient-fp16")
+    log = _train(data, tmp_path / "resumed", 2, "--memory-efficient-fp16",
                  "--restore-file", tmp_path / "straight" / "checkpoint1.pt")
     assert "Loaded checkpoint" in log and "nvidia_lamb" in log
 
@@ -321,10 +322,12 @@ def test_fairseq_train_resume_is_exact(tmp_path):
     assert 0 < n_first < n_total == b["optimizer_history"][-1]["num_updates"]
     for name, value in a["model"].items():
         assert torch.equal(value, b["model"][name]), name
+    assert a["last_optimizer_state"]["loss_scale"] == b["last_optimizer_state"]["loss_scale"]
     state_a, state_b = a["last_optimizer_state"]["state"], b["last_optimizer_state"]["state"]
     assert state_a.keys() == state_b.keys() and len(state_a) > 0
     for key in state_a:
         assert state_a[key]["step"] == state_b[key]["step"] == n_total
+        assert state_b[key]["exp_avg"].dtype == torch.float32
         assert torch.equal(state_a[key]["exp_avg"], state_b[key]["exp_avg"])
         assert torch.equal(state_a[key]["exp_avg_sq"], state_b[key]["exp_avg_sq"])
 
