@@ -45,20 +45,34 @@ def record_layer_inputs(model):
     return calls, model.decoder.layers[0].register_forward_pre_hook(hook)
 
 
-def test_each_token_costs_one_step_and_scores_equal_full_forward(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
-    generator = greedy(task, model)
+PROMPT = "w1 w2 w3 w25 w4 w5 w6 w7 w8 w9 w30"  # 11 tokens
+
+
+def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_forward(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "64")  # tokens_per_sample 8
+    generator = greedy(task, model, max_len_b=16)
     calls, handle = record_layer_inputs(model)
-    hypo = task.inference_step(generator, [model], prompt_sample(task, ["w1 w2 w3 w25"]))[0][0]
+    hypo = task.inference_step(generator, [model], prompt_sample(task, [PROMPT]))[0][0]
     handle.remove()
     tokens = hypo["tokens"]
-    assert tokens[:4].tolist() == [task.dictionary.index(w) for w in "w1 w2 w3 w25".split()]
-    assert len(tokens) == 10  # prompt (4) + 5 generated + final eos (max_len_b 9)
-    # One call per output token, each with a single query over all earlier positions as memory.
-    assert calls == [(1, m) for m in range(len(tokens))]
+    assert tokens[:11].tolist() == [task.dictionary.index(w) for w in PROMPT.split()]
+    assert len(tokens) == 17  # prompt (11) + 5 generated + final eos (max_len_b 16)
+    # eos + 10 prompt tokens in two parallel chunks (8 + 3), then one single-query call per token
+    # over all earlier positions as memory.
+    assert calls == [(8, 0), (3, 8)] + [(1, m) for m in range(11, len(tokens))]
     stream = torch.cat([tokens.new_tensor([task.dictionary.eos()]), tokens])
     reference = full_forward_log_probs(model, stream)
     assert torch.allclose(hypo["positional_scores"], reference, atol=1e-5)
+
+
+def test_beam_search_over_a_primed_prompt(data_dir):
+    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+    generator = task.build_generator([model], GenerationConfig(beam=3, nbest=3, max_len_b=14, min_len=3))
+    hypos = task.inference_step(generator, [model], prompt_sample(task, [PROMPT]))[0]
+    assert len(hypos) == 3
+    for hypo in hypos:
+        stream = torch.cat([hypo["tokens"].new_tensor([task.dictionary.eos()]), hypo["tokens"]])
+        assert torch.allclose(hypo["positional_scores"], full_forward_log_probs(model, stream), atol=1e-5)
 
 
 def test_sampling_top_k_and_temperature_reach_the_generator(data_dir):
@@ -78,12 +92,15 @@ def test_sampling_top_k_and_temperature_reach_the_generator(data_dir):
     assert not torch.equal(sampled(temperature=5.0), best)
 
 
-def test_memory_is_capped_at_mem_len_during_generation(data_dir):
+def test_memory_is_capped_at_mem_len_and_ragged_prompts_are_forced_step_by_step(data_dir):
     model, task, _ = tiny_model(data_dir, "--mem-len", "3")
     calls, handle = record_layer_inputs(model)
-    task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1 w2"]))
+    hypos = task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1 w2 w3", "w4"]))
     handle.remove()
-    assert calls == [(1, min(i, 3)) for i in range(len(calls))] and len(calls) == 10
+    # the common prompt length is 1 (nothing to read in parallel): every step is one query
+    assert calls == [(1, min(i, 3)) for i in range(10)]
+    assert hypos[0][0]["tokens"][:3].tolist() == [task.dictionary.index(w) for w in ("w1", "w2", "w3")]
+    assert hypos[1][0]["tokens"][0] == task.dictionary.index("w4")
 
 
 def test_carry_memory_generates_over_previous_inputs_and_outputs(data_dir):

@@ -9,6 +9,9 @@ Prompts are handled as fairseq's ``language_modeling`` task does: an input line 
 ``[eos] + tokens`` and the tokens are forced as a prefix (``eos`` is the "beginning" symbol the model
 saw at every line start during training).
 
+The prompt tokens forced in every row are read in parallel at the first step, ``tokens_per_sample``
+per forward (:class:`PromptPrimedDecoder`), not one generator step each.
+
 ``--carry-memory`` (fairseq-interactive, one input per batch): each input is generated over the
 memory left by the previous inputs and their outputs, i.e. over the stream
 ``eos prompt_1 output_1 eos prompt_2 output_2 ...`` exactly as training data is laid out. After an
@@ -91,25 +94,65 @@ class CarriedMemory:
         decoder.train(was_training)
 
 
-class MemorySeededDecoder(FairseqIncrementalDecoder):
-    """Wraps a TransformerXLDecoder so that a generation starts over the carried memory instead of
-    an empty one; everything else is the wrapped decoder's."""
+class PromptPrimedDecoder(FairseqIncrementalDecoder):
+    """Wraps a TransformerXLDecoder for fairseq's SequenceGenerator.
 
-    def __init__(self, decoder, carried: CarriedMemory):
+    At the first step it (1) starts the memory from the carried one (``--carry-memory``) and
+    (2) runs the prompt tokens that every row forces in parallel, ``chunk`` tokens per forward,
+    instead of one generator step per token; the generator's steps inside the prompt then read the
+    cached features. Later tokens cost one step each over the cached memory, as without the wrapper.
+    With a prompt longer than ``mem_len`` the parallel pass lets its tokens see the whole chunk
+    (as fairseq-eval-lm segments do), where token-by-token reading would see ``mem_len`` positions.
+    """
+
+    def __init__(self, decoder, carried: CarriedMemory, chunk: int):
         super().__init__(decoder.dictionary)
         self.inner = decoder
         self.carried = carried
+        self.chunk = max(1, chunk)
+        self.prompt: Optional[Tensor] = None  # [bsz, P] right-padded; set before each generation
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
-        mems = self.carried.mems
-        if (incremental_state is not None and mems is not None
-                and self.inner.get_incremental_state(incremental_state, MEMORY_STATE) is None):
-            rows = prev_output_tokens.size(0)  # batch x beam
-            seeded = {"consumed": torch.tensor(0)}
-            for i, mem in enumerate(mems):
-                seeded[f"layer_{i}"] = mem.to(prev_output_tokens.device).expand(rows, -1, -1)
-            self.inner.set_incremental_state(incremental_state, MEMORY_STATE, seeded)
+        if incremental_state is None:
+            return self.inner(prev_output_tokens)
+        step = prev_output_tokens.size(1) - 1
+        if step == 0:
+            self._seed_memory(prev_output_tokens, incremental_state)
+            self._prime(prev_output_tokens, incremental_state)
+        cache = self.get_incremental_state(incremental_state, "prompt")
+        if cache is not None and step < cache["features"].size(1):
+            return cache["features"][:, step:step + 1], {"attn": [None], "inner_states": None}
         return self.inner(prev_output_tokens, incremental_state=incremental_state)
+
+    def _seed_memory(self, tokens: Tensor, incremental_state) -> None:
+        if self.carried.mems is None:
+            return
+        seeded = {"consumed": torch.tensor(0)}
+        for i, mem in enumerate(self.carried.mems):
+            seeded[f"layer_{i}"] = mem.to(tokens.device).expand(tokens.size(0), -1, -1)
+        self.inner.set_incremental_state(incremental_state, MEMORY_STATE, seeded)
+
+    def _prime(self, tokens: Tensor, incremental_state) -> None:
+        """Features ``[rows, n, d]`` of ``[bos, p_1 .. p_{n-1}]`` for the ``n`` prompt tokens all
+        rows force; leaves the decoder's memory after them (it has consumed ``n`` tokens)."""
+        if self.prompt is None:
+            return
+        prompt = self.prompt.to(tokens.device)
+        prompt = prompt.repeat_interleave(tokens.size(0) // prompt.size(0), dim=0)  # beam copies
+        n = int(prompt.ne(self.dictionary.pad()).sum(dim=1).min())
+        if n <= 1:
+            return  # a single position: the generator's own first step is the same work
+        inputs = torch.cat([tokens[:, :1], prompt[:, : n - 1]], dim=1)
+        ends = list(range(self.chunk, n, self.chunk)) + [n]
+        features = [self.inner(inputs[:, :end], incremental_state=incremental_state)[0]
+                    for end in ends]
+        self.set_incremental_state(incremental_state, "prompt", {"features": torch.cat(features, 1)})
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        cache = self.get_incremental_state(incremental_state, "prompt")
+        if cache is not None:
+            self.set_incremental_state(incremental_state, "prompt",
+                                       {"features": cache["features"].index_select(0, new_order)})
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         return self.inner.get_normalized_probs(net_output, log_probs, sample)
@@ -118,11 +161,11 @@ class MemorySeededDecoder(FairseqIncrementalDecoder):
         return self.inner.max_positions()
 
 
-class MemorySeededLanguageModel(FairseqLanguageModel):
-    """What the SequenceGenerator sees instead of the model when ``--carry-memory`` is on."""
+class PromptPrimedLanguageModel(FairseqLanguageModel):
+    """What fairseq's SequenceGenerator sees instead of the model (see PromptPrimedDecoder)."""
 
-    def __init__(self, model, carried: CarriedMemory):
-        super().__init__(MemorySeededDecoder(model.decoder, carried))
+    def __init__(self, model, carried: CarriedMemory, chunk: int):
+        super().__init__(PromptPrimedDecoder(model.decoder, carried, chunk))
         self.wrapped = model
 
     def max_positions(self):

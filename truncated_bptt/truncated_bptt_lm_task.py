@@ -79,6 +79,7 @@ class TruncatedBPTTLMTask(FairseqTask):
         self.memory_keeper = StreamMemoryKeeper()
         self._warned_max_tokens = False
         self.carried_memory = generation.CarriedMemory()
+        self._generation_models = []  # the models the last build_generator wrapped
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
@@ -229,12 +230,16 @@ class TruncatedBPTTLMTask(FairseqTask):
         return generation.build_prompt_dataset(self.dictionary, src_tokens, src_lengths)
 
     def build_generator(self, models, args, **kwargs):
-        """fairseq's SequenceGenerator (beam, --sampling, top-k/top-p, --temperature); with
-        --carry-memory it generates over the memory carried from the previous inputs."""
+        """fairseq's SequenceGenerator (beam, --sampling, top-k/top-p, --temperature) over the
+        models wrapped to read prompts in parallel and, with --carry-memory, to start from the
+        memory carried from the previous inputs."""
         if self.cfg.carry_memory:
             self.carried_memory.reset()
-            models = [generation.MemorySeededLanguageModel(m, self.carried_memory) for m in models]
-        return super().build_generator(models, args, **kwargs)
+        self._generation_models = [
+            generation.PromptPrimedLanguageModel(m, self.carried_memory, self.cfg.tokens_per_sample)
+            for m in models
+        ]
+        return super().build_generator(self._generation_models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """Generate after each sample's prompt (``src_tokens`` without its leading eos, unless
@@ -247,6 +252,8 @@ class TruncatedBPTTLMTask(FairseqTask):
         with torch.no_grad():
             if prefix_tokens is None:
                 prefix_tokens = generation.prompt_prefix(sample, eos)
+            for wrapped in self._generation_models:
+                wrapped.decoder.prompt = prefix_tokens
             hypos = generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
             if self.cfg.carry_memory:
                 self.carried_memory.advance(
