@@ -80,6 +80,18 @@ def test_foreach_matches_reference(weight_decay, bias_correction):
     assert not torch.equal(ours[0].detach(), values[0])
 
 
+def test_chunked_foreach_equals_unchunked(monkeypatch):
+    import truncated_bptt.nvidia_lamb as nvidia_lamb
+
+    assert nvidia_lamb._chunks([5, 5, 20, 1, 1], 10) == [[0, 1], [2], [3, 4]]
+    values = _initial_values()
+    whole, _ = _run_ours(values, 2, lr=0.05, weight_decay=0.01)
+    monkeypatch.setattr(nvidia_lamb, "FOREACH_CHUNK_NUMEL", 20)  # several chunks for SHAPES
+    chunked, _ = _run_ours(values, 2, lr=0.05, weight_decay=0.01)
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
+
+
 def test_compiled_matches_foreach():
     values = _initial_values()
     kw = dict(lr=0.05, weight_decay=0.01, bias_correction=True)

@@ -15,9 +15,10 @@ give one global ratio, which is why ``supports_flat_params`` is False.
 
 Two implementations of the same maths (pick with ``compiled``):
 
-- eager multi-tensor (default): every line above is one ``torch._foreach_*`` call over all tensors
-  of a group, norms via ``torch._foreach_norm``; no Python loop over parameters, no host sync on
-  CUDA. On CPU its speed is bounded by memory traffic (about 10 full passes over the state).
+- eager multi-tensor (default): every line above is one ``torch._foreach_*`` call over the
+  tensors of a group (in chunks of at most 2^25 elements, which bounds the fp32 temporaries),
+  norms via ``torch._foreach_norm``; no Python loop over parameters, no host sync on CUDA. On CPU
+  its speed is bounded by memory traffic (about 10 full passes over the state).
 - ``compiled=True``: the same step as two ``torch.compile``d kernels per tensor (moments + both
   norms, then the update), so each tensor's state is streamed twice instead of ~10 times. Compiling
   takes ~10-30 s once per process (cached on disk by inductor afterwards); needs a C++ compiler on
@@ -38,6 +39,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 MAX_WEIGHT_NORM = 10.0  # NVIDIA clamps ||p|| to [0, 10] before dividing by ||u||
+FOREACH_CHUNK_NUMEL = 2**25  # bound on the eager implementation's temporaries (elements)
 
 
 class NvidiaLamb(torch.optim.Optimizer):
@@ -128,7 +130,14 @@ class NvidiaLamb(torch.optim.Optimizer):
         if self.compiled and self._kernels_compile(params, grads):
             _compiled_update(params, grads, exp_avgs, exp_avg_sqs, steps, group, inv_scale)
         else:
-            _foreach_update(params, grads, exp_avgs, exp_avg_sqs, steps, group, inv_scale)
+            # Tensors are independent (one trust ratio each), so the work can go in chunks: the
+            # fp32 temporaries then never exceed about FOREACH_CHUNK_NUMEL elements (or one tensor).
+            for chunk in _chunks([p.numel() for p in params], FOREACH_CHUNK_NUMEL):
+                _foreach_update(
+                    [params[i] for i in chunk], [grads[i] for i in chunk],
+                    [exp_avgs[i] for i in chunk], [exp_avg_sqs[i] for i in chunk],
+                    [steps[i] for i in chunk], group, inv_scale,
+                )
 
     def _kernels_compile(self, params, grads) -> bool:
         """Compile the kernels for each new dtype/device on dummy tensors before touching any
@@ -158,6 +167,20 @@ class NvidiaLamb(torch.optim.Optimizer):
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in saved:
                     self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32)
+
+
+def _chunks(sizes: List[int], budget: int) -> List[List[int]]:
+    """Consecutive index lists whose sizes sum to at most ``budget`` (a larger size alone)."""
+    chunks, current, total = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and total + size > budget:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _bias_corrections(steps: List[int], group) -> Optional[Tuple[List[float], List[float]]]:
