@@ -46,7 +46,7 @@ EVAL_CLAMP_LEN = TRAIN_TOKENS_PER_SAMPLE + TRAIN_MEM_LEN  # longest distance see
 
 SETTINGS = {
     #            updates, test mem_lens
-    "full": dict(max_update=1200, mem_lens=[0, 16, 32, 64, 128, 256]),
+    "full": dict(max_update=1200, mem_lens=[0, 4, 8, 16, 32, 64, 128, 256]),
     "fast": dict(max_update=400, mem_lens=[0, 128]),
 }
 

@@ -1,0 +1,146 @@
+"""examples/wikitext103: data preparation from an already-downloaded copy, batch overrides, and the
+train / evaluate / generate scripts run for real on a tiny corpus (CPU)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fairseq_cli import ROOT, cli_env, run, write_lines
+
+SCRIPTS = os.path.join(ROOT, "examples", "wikitext103")
+sys.path.insert(0, SCRIPTS)
+import batch_overrides  # noqa: E402
+
+VENV = os.path.dirname(os.path.dirname(sys.executable))  # the stack running the tests
+WORDS = "the cat sat on a mat and the dog lay by a log".split()
+
+
+def _lines(n, seed):
+    return [" ".join(WORDS[(seed + i + j) % len(WORDS)] for j in range(6 + i % 4)) for i in range(n)]
+
+
+def script(name, *args, env=None, check=True):
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, name), *map(str, args)],
+                          env=env or cli_env(VENV=VENV), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """prepare.sh on a directory laid out as the WikiText-103 download (wiki.*.tokens)."""
+    root = tmp_path_factory.mktemp("wt")
+    for split, n, seed in (("train", 200, 0), ("valid", 30, 3), ("test", 30, 5)):
+        write_lines(str(root / "raw" / f"wiki.{split}.tokens"), _lines(n, seed))
+    proc = script("prepare.sh", "--raw-dir", root / "raw", "--dest", root / "data-bin",
+                  "--workers", 1)
+    assert "done" in proc.stdout
+    return root
+
+
+def test_prepare_accepts_both_namings(prepared, tmp_path):
+    for split in ("train", "valid", "test"):
+        assert (prepared / "data-bin" / f"{split}.bin").exists()
+    # The pytorch/examples layout ({split}.txt) gives the same binarization.
+    for split in ("train", "valid", "test"):
+        os.makedirs(tmp_path / "raw", exist_ok=True)
+        (tmp_path / "raw" / f"{split}.txt").write_bytes(
+            (prepared / "raw" / f"wiki.{split}.tokens").read_bytes())
+    script("prepare.sh", "--raw-dir", tmp_path / "raw", "--dest", tmp_path / "data-bin",
+           "--workers", 1)
+    for name in ("dict.txt", "train.bin", "test.idx"):
+        assert (tmp_path / "data-bin" / name).read_bytes() == \
+            (prepared / "data-bin" / name).read_bytes()
+
+
+def test_prepare_names_a_missing_split(tmp_path):
+    write_lines(str(tmp_path / "raw" / "train.txt"), _lines(10, 0))
+    proc = script("prepare.sh", "--raw-dir", tmp_path / "raw", "--dest", tmp_path / "out",
+                  check=False)
+    assert proc.returncode != 0
+    assert "no valid split" in proc.stdout and "wiki.valid.tokens or valid.txt" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe", sorted(batch_overrides.DESIGNED_GPUS))
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_batch_overrides_keep_sequences_per_update(recipe, gpus):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", f"{recipe}.yaml"))
+    total = cfg.dataset.batch_size * batch_overrides.DESIGNED_GPUS[recipe]
+    for mode in ("accumulate", "streams"):
+        try:
+            overrides = batch_overrides.batch_overrides(recipe, gpus, mode)
+        except ValueError as e:  # only when the batch cannot be split evenly
+            assert "evenly" in str(e) or "multiple" in str(e)
+            continue
+        values = dict(o.split("=") for o in overrides)
+        per_gpu = int(values["dataset.batch_size"])
+        freq = int(values["optimization.update_freq"].strip("[]"))
+        assert per_gpu * gpus * freq == total
+        if mode == "streams":
+            assert freq == 1
+
+
+def test_batch_overrides_examples():
+    assert batch_overrides.batch_overrides("wt103_base", 1) == [
+        "dataset.batch_size=32", "optimization.update_freq=[8]"]
+    assert batch_overrides.batch_overrides("wt103_base", 1, "streams") == [
+        "dataset.batch_size=256", "optimization.update_freq=[1]"]
+    assert batch_overrides.batch_overrides("paper_base", 1) == [
+        "dataset.batch_size=15", "optimization.update_freq=[4]"]  # fairseq's README advice
+    with pytest.raises(ValueError, match="evenly"):
+        batch_overrides.batch_overrides("paper_base", 8)
+
+
+SMALL = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.d_head=16",
+         "model.d_inner=64", "model.mem_len=8", "task.tokens_per_sample=8",
+         "optimization.max_update=3", "lr_scheduler.warmup_updates=1", "common.log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    """train_1gpu.sh with the tiny CPU recipe (it runs on CPU: the 'GPU' count is 1)."""
+    save_dir = prepared / "ckpt"
+    proc = script("train_1gpu.sh", "tiny_cpu", f"checkpoint.save_dir={save_dir}", *SMALL,
+                  "dataset.batch_size=4",
+                  env=cli_env(VENV=VENV, DATA=str(prepared / "data-bin")))
+    assert "optimization.update_freq=[1]" in proc.stdout  # the command is shown (set -x)
+    assert "num_updates=3" in proc.stdout
+    return save_dir / "checkpoint_last.pt"
+
+
+def test_train_8gpu_script_runs_torchrun_processes(prepared, tmp_path):
+    # Two CPU processes (gloo) stand in for GPUs: torchrun's environment drives fairseq's setup.
+    proc = script("train_8gpu.sh", "tiny_cpu", f"checkpoint.save_dir={tmp_path / 'ckpt'}", *SMALL,
+                  "distributed_training.distributed_backend=gloo",
+                  "distributed_training.ddp_backend=legacy_ddp",  # torch DDP wants GPUs here
+                  env=cli_env(VENV=VENV, DATA=str(prepared / "data-bin"), GPUS=2))
+    # tiny_cpu is written for 1 device and 16 streams: on 2, 8 streams each keep 16 per update.
+    assert "dataset.batch_size=8" in proc.stdout
+    assert re.search(r"distributed init \(rank 1\)", proc.stdout), proc.stdout[-3000:]
+    assert "num_updates=3" in proc.stdout
+    assert (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+def test_evaluate_script(prepared, trained):
+    proc = script("evaluate.sh", "tiny_cpu", trained,
+                  env=cli_env(VENV=VENV, DATA=str(prepared / "data-bin")))
+    assert "'mem_len': 256, 'clamp_len': 192" in proc.stdout
+    n_tokens = sum(len(line.split()) + 1 for line in _lines(30, 5))
+    assert re.search(rf"Evaluated {n_tokens:,} tokens", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"Perplexity: [\d.]+", proc.stdout)
+
+
+def test_generate_script(prepared, trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat sat\n")
+    proc = script("generate.sh", trained, "--cpu", "--max-len-b", 5,
+                  env=cli_env(VENV=VENV, DATA=str(prepared / "data-bin"), PROMPTS=str(prompts),
+                              MEM_LEN=32))
+    hypos = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
+    assert len(hypos) == 1 and hypos[0].split("\t")[2].startswith("the cat sat"), proc.stdout[-2000:]
