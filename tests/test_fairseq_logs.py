@@ -1,0 +1,80 @@
+"""examples/fairseq_logs.py and the plotting scripts, on log lines fairseq really writes."""
+import os
+import sys
+
+import pytest
+
+from fairseq_cli import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+import fairseq_logs  # noqa: E402
+import mem_len_sweep  # noqa: E402
+import plot_training_curves  # noqa: E402
+
+# Lines as fairseq-train (plain logging) and fairseq-hydra-train (hydra's format) print them.
+SIMPLE = """\
+2026-11-21 22:10:24 | INFO | train_inner | epoch 001:     50 / 196 loss=9.034, ppl=524.06, wps=7401.7, ups=7.23, wpb=1024, bsz=16, num_updates=50, lr=0.0015, gnorm=1.306, clip=100, train_wall=7, wall=9
+2026-11-21 22:10:39 | INFO | fairseq_cli.train | begin validation on "valid" subset
+2026-11-21 22:10:39 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 4.339 | ppl 20.24 | wps 31941.9 | wpb 1010 | bsz 16 | num_updates 196
+2026-11-21 22:10:40 | INFO | train | epoch 001 | loss 6.417 | ppl 85.42 | wps 5402.9 | ups 5.29 | wpb 1020.7 | bsz 16 | num_updates 196 | lr 0.00263411
+[2026-11-21 22:29:07,931][train_inner][INFO] - epoch 001:      2 / 196 loss=10.012, ppl=1032.57, wps=4785.8, ups=4.67, wpb=1024, bsz=16, num_updates=200, lr=6e-05, gnorm=0.874, clip=100, train_wall=0, wall=8
+"""
+JSON = """\
+[2026-11-21 22:08:36,904][train_inner][INFO] - {"epoch": 1, "update": 0.008, "loss": "5.945", "ppl": "61.61", "wps": "1096.8", "num_updates": "2", "lr": "0.0005"}
+[2026-11-21 22:08:37,307][valid][INFO] - {"epoch": 1, "valid_loss": "5.82", "valid_ppl": "56.49", "valid_wps": "2920.3", "valid_num_updates": "2"}
+{"epoch": 1, "train_loss": "5.869", "train_ppl": "58.44", "train_num_updates": "4"}
+2026-11-21 22:10:24 | INFO | train_inner | {"epoch": 1, "update": 0.015, "loss": "5.792", "ppl": "55.42", "num_updates": "4", "lr": "0.0001"}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "train.log"
+    path.write_text(text)
+    return str(path)
+
+
+def test_simple_format(tmp_path):
+    records = fairseq_logs.read_training_log(_write(tmp_path, SIMPLE))
+    assert [(r["num_updates"], r["ppl"]) for r in records["train"]] == [(50, 524.06), (200, 1032.57)]
+    assert records["train"][0]["lr"] == 0.0015
+    assert [(r["num_updates"], r["loss"], r["subset"]) for r in records["valid"]] == [
+        (196, 4.339, "valid")]
+
+
+def test_json_format(tmp_path):
+    records = fairseq_logs.read_training_log(_write(tmp_path, JSON))
+    assert [(r["num_updates"], r["ppl"]) for r in records["train"]] == [(2, 61.61), (4, 55.42)]
+    assert [(r["num_updates"], r["ppl"]) for r in records["valid"]] == [(2, 56.49)]
+
+
+def test_eval_lm_summary():
+    out = ("... | fairseq_cli.eval_lm | Evaluated 245,569 tokens in 83.1s (2956.82 tokens/s)\n"
+           "... | fairseq_cli.eval_lm | Loss (base 2): 4.5668, Perplexity: 23.70\n")
+    assert fairseq_logs.parse_eval_lm(out) == {"loss": 4.5668, "ppl": 23.70}
+    with pytest.raises(ValueError, match="Perplexity"):
+        fairseq_logs.parse_eval_lm("crashed")
+
+
+def test_plots_are_pngs(tmp_path):
+    log = _write(tmp_path, SIMPLE + JSON)
+    out = tmp_path / "curves.png"
+    plot_training_curves.main([log, "--labels", "run", "--out", str(out)])
+    sweep_png = mem_len_sweep.plot_sweep(
+        [{"mem_len": 0, "ppl": 30.0, "loss": 4.9}, {"mem_len": 64, "ppl": 20.0, "loss": 4.3}],
+        str(tmp_path / "sweep.png"), train_mem_len=64)
+    for png in (out, sweep_png):
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no training or validation records"):
+        plot_training_curves.plot_training_curves({"x": {"train": [], "valid": []}},
+                                                  str(tmp_path / "empty.png"))
+
+
+def test_sweep_command_sets_same_length_only_with_memory():
+    cmd0 = mem_len_sweep.eval_lm_command("data", "ck.pt", 0, 64, clamp_len=400, same_length=True)
+    cmd = mem_len_sweep.eval_lm_command("data", "ck.pt", 640, 64, clamp_len=400, same_length=True)
+    assert cmd0[cmd0.index("--model-overrides") + 1] == "{'mem_len': 0, 'clamp_len': 400}"
+    assert cmd[cmd.index("--model-overrides") + 1] == \
+        "{'mem_len': 640, 'clamp_len': 400, 'same_length': True}"
+    assert cmd[cmd.index("--task") + 1] == "truncated_bptt_lm"
+    assert cmd[cmd.index("--tokens-per-sample") + 1] == "64"
