@@ -67,3 +67,28 @@ def test_gather_rows_single_process_is_a_cpu_copy():
     t = torch.randn(2, 3, 4, 5)
     out = gather_rows(t, None, 1)
     assert torch.equal(out, t) and out.data_ptr() != t.data_ptr()
+
+
+def test_the_task_runs_fairseqs_stand_in_batches_without_memory():
+    """A dummy batch (ignore_grad) must neither reset nor advance the training streams."""
+    from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMTask
+
+    seen = []
+
+    class Criterion:
+        def __call__(self, model, sample):
+            seen.append(sample["net_input"]["memory_key"])
+            return torch.zeros((), requires_grad=True) * 1.0, 1, {}
+
+    class Optimizer:
+        def backward(self, loss):
+            loss.backward()
+
+    task = TruncatedBPTTLMTask.__new__(TruncatedBPTTLMTask)
+    task.memory_keeper = StreamMemoryKeeper()
+    model = FakeModel()
+    model.set_num_updates = lambda n: None
+    task.train_step(sample("train", 0), model, Criterion(), Optimizer(), 0, ignore_grad=True)
+    assert seen == [None] and task.memory_keeper.segments_seen == 0
+    task.train_step(sample("train", 3), model, Criterion(), Optimizer(), 0)
+    assert seen == [None, "train"] and task.memory_keeper.segments_seen == 1

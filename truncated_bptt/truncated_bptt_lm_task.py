@@ -284,10 +284,19 @@ class TruncatedBPTTLMTask(FairseqTask):
         return criterions.build_criterion(cfg, self)
 
     # ---- training hooks: keep the training streams' memory checkpointable --------------------
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+    def train_step(
+        self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs
+    ):
+        if ignore_grad:
+            # fairseq's stand-in batch (a copy of the first batch, used when a rank has none):
+            # run it without memory so it can neither reset nor advance the training streams.
+            sample = {**sample, "net_input": {**sample["net_input"], "memory_key": None}}
+            return super().train_step(
+                sample, model, criterion, optimizer, update_num, ignore_grad=True, **kwargs
+            )
         self.memory_keeper.before_train_forward(model, sample)
         result = super().train_step(
-            sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad
+            sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs
         )
         self.memory_keeper.after_train_forward()
         return result
