@@ -41,7 +41,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                 self.out_layers.append(nn.Linear(d_emb_i, self.bounds[i + 1] - self.bounds[i]))
 
     def _cluster_params(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-        """(weight, bias, projection or None) of every cluster; the head includes the cluster rows."""
+        """(weight, bias, projection or None) of every cluster (the head's without the cluster rows)."""
         if self.div_val == 1:
             # One split per forward (not slicing per cluster): its backward assembles a single
             # gradient for the shared table instead of a zero-filled full-size one per cluster.
@@ -53,20 +53,27 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             biases = [layer.bias for layer in self.out_layers]
         params = []
         for i, (weight, bias) in enumerate(zip(weights, biases)):
-            if i == 0 and self.n_clusters > 0:
-                weight = torch.cat([weight, self.cluster_weight], dim=0)
-                bias = torch.cat([bias, self.cluster_bias], dim=0)
             proj = self.out_projs[i] if len(self.out_projs) > 0 else None
             params.append((weight, bias, proj))
         return params
 
-    @staticmethod
-    def _logits(hidden: Tensor, params: Tuple[Tensor, Tensor, Optional[Tensor]]) -> Tensor:
+    def _logits(self, hidden: Tensor, params: Tuple[Tensor, Tensor, Optional[Tensor]],
+                head: bool = False) -> Tensor:
         """Logits ``[N, size of the cluster (+ n_clusters for the head)]``, at least fp32."""
         weight, bias, proj = params
         if proj is not None:
             hidden = torch.matmul(hidden, proj)
-        logits = F.linear(hidden, weight, bias)
+        if head and self.n_clusters > 0:
+            # the head scores its tokens and one entry per tail cluster; concatenate whichever is
+            # smaller, the logits (few rows: evaluation, generation) or the weights (training)
+            if hidden.size(0) < weight.size(0):
+                logits = torch.cat([F.linear(hidden, weight, bias),
+                                    F.linear(hidden, self.cluster_weight, self.cluster_bias)], dim=-1)
+            else:
+                logits = F.linear(hidden, torch.cat([weight, self.cluster_weight]),
+                                  torch.cat([bias, self.cluster_bias]))
+        else:
+            logits = F.linear(hidden, weight, bias)
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     def target_log_probs(self, hidden: Tensor, target: Tensor) -> Tensor:
@@ -80,7 +87,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
         # Head class of each target: the token itself, or the entry standing for its cluster.
         head_class = torch.where(cluster == 0, target, self.shortlist - 1 + cluster)
         params = self._cluster_params()
-        out = -F.cross_entropy(self._logits(hidden, params[0]), head_class, reduction="none")
+        out = -F.cross_entropy(self._logits(hidden, params[0], head=True), head_class, reduction="none")
         for i in range(1, self.n_clusters + 1):
             idx = (cluster == i).nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -97,7 +104,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
     def log_probs(self, hidden: Tensor) -> Tensor:
         """hidden ``[N, d_proj]`` -> fp32 ``[N, n_token]`` full log-probabilities."""
         params = self._cluster_params()
-        head = torch.log_softmax(self._logits(hidden, params[0]), dim=-1)
+        head = torch.log_softmax(self._logits(hidden, params[0], head=True), dim=-1)
         parts = [head[:, : self.shortlist]]
         for i in range(1, self.n_clusters + 1):
             cluster_lp = head[:, self.shortlist + i - 1].unsqueeze(1)

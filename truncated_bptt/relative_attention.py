@@ -108,14 +108,16 @@ class RelativeMultiHeadAttention(nn.Module):
 
     def forward(self, h: Tensor, pos_emb: Tensor, r_w_bias: Tensor, r_r_bias: Tensor,
                 mask: Optional[Tensor], mem: Optional[Tensor] = None,
-                mem_kv: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
         """
         h: ``[B, T, d_model]`` current segment; mem: ``[B, M, d_model]`` or None (detached).
         mem_kv: optional ``[B, M, 2, n_head, d_head]`` keys/values of ``mem`` computed earlier with
         the same weights (generation and evaluation reuse them instead of recomputing).
         pos_emb: ``[K + 1, d_model]`` encodings whose row 0 is zero and rows ``1..K`` stand for
         distances ``K-1, ..., 0`` (see :func:`rel_shift`); r_w_bias/r_r_bias: ``[n_head, d_head]``.
-        mask: bool ``[T, K]`` (True = hidden) or None.
+        mask: bool ``[T, K]`` (True = hidden) or None. pos_key: optional ``r_net(pos_emb)``
+        ``[K + 1, n_head * d_head]`` computed earlier with the same weights.
         Returns the output ``[B, T, d_model]`` and the keys/values ``[B, K, 2, n_head, d_head]``.
         """
         bsz, qlen, _ = h.shape
@@ -132,7 +134,9 @@ class RelativeMultiHeadAttention(nn.Module):
             kv = torch.cat([mem_kv.to(kv.dtype), kv], dim=1)
         k, v = kv.unbind(2)
         klen = k.size(1)
-        r = F.linear(pos_emb, self.r_net.weight).view(klen + 1, n_head, d_head)
+        if pos_key is None:
+            pos_key = F.linear(pos_emb, self.r_net.weight)
+        r = pos_key.view(klen + 1, n_head, d_head)
 
         # Content term (q + u).k: [B, H, T, K]. The scale is folded into the (small) queries.
         q_content = ((q + r_w_bias) * self.scale).transpose(1, 2)

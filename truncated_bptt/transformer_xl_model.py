@@ -170,6 +170,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self._stream_states: Dict[str, Dict[str, Dict[str, Optional[Tensor]]]] = {}
         self._warned_missing: set = set()
         self._warned_no_memory = False
+        self._pos_key_cache = None  # (key, per-layer positional keys), see _cached_position_keys
 
     # ---------------------------------------------------------------- parameters
     def reset_parameters(self):
@@ -317,12 +318,14 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
         use_checkpoint = (cfg.checkpoint_activations or cfg.offload_activations) and self.training \
             and torch.is_grad_enabled()
+        pos_keys = self._cached_position_keys(pos_emb, cfg.clamp_len, weights_token) if cache_kv \
+            else [None] * n_layer
         hids, new_kvs = [], []
         with self._offload_context(use_checkpoint):
             for i, layer in enumerate(self.layers):
                 hids.append(h)
                 args = (h, pos_emb, mask, None if mems is None else mems[i], self.r_w_bias,
-                        self.r_r_bias, None if kvs is None else kvs[i])
+                        self.r_r_bias, None if kvs is None else kvs[i], pos_keys[i])
                 if use_checkpoint:
                     h, kv = checkpoint(layer, *args, use_reentrant=False)
                 else:
@@ -334,15 +337,28 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         if cfg.mem_len == 0:
             return h, None
         new_state: Dict[str, object] = {}
+        keep = min(mlen, max(cfg.mem_len - qlen, 0))  # old memory positions that stay
         with torch.no_grad():
             for i, hid in enumerate(hids):
-                cat = hid if mems is None else torch.cat([mems[i], hid], dim=1)
-                new_state[f"layer_{i}"] = cat[:, -cfg.mem_len:].detach().contiguous()
+                new = hid[:, -cfg.mem_len:]
+                if keep > 0:
+                    new = torch.cat([mems[i][:, mlen - keep:], new], dim=1)
+                new_state[f"layer_{i}"] = new.detach().contiguous()
             for i, kv in enumerate(new_kvs):  # kv already covers [memory; tokens]
                 new_state[f"kv_{i}"] = kv[:, -cfg.mem_len:].contiguous()
         if cache_kv:
             new_state["cached_for_weights"] = weights_token
         return h, new_state
+
+    def _cached_position_keys(self, pos_emb: Tensor, clamp_len: int, weights_token) -> List[Tensor]:
+        """Every layer's ``r_net(pos_emb)`` (one GEMM for all layers), kept while the length, clamp,
+        dtype and parameters stay the same: consecutive evaluation segments share them."""
+        key = (pos_emb.shape, clamp_len, pos_emb.dtype, pos_emb.device, weights_token)
+        if self._pos_key_cache is None or self._pos_key_cache[0] != key:
+            weight = torch.cat([layer.attn.r_net.weight for layer in self.layers], dim=0)
+            keys = F.linear(pos_emb, weight).split([l.attn.r_net.out_features for l in self.layers], 1)
+            self._pos_key_cache = (key, [k.contiguous() for k in keys])
+        return self._pos_key_cache[1]
 
     def _weights_token(self):
         """Identifies the current parameter values: storage, in-place update count, dtype."""
