@@ -119,6 +119,25 @@ class ScorerLayer(nn.Module):
         return F.layer_norm(h + y, [d_model], self.ff_ln_w, self.ff_ln_b, self.eps)
 
 
+def softmax_cluster_params(softmax) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """(weight, bias, projection or None) of each cluster of a ProjectedAdaptiveSoftmax, from its
+    parameters; the head's weight/bias get one row per tail cluster appended (in cluster order)."""
+    bounds = softmax.bounds
+    params = []
+    for i in range(len(bounds) - 1):
+        if softmax.div_val == 1:
+            layer = softmax.out_layers[0]
+            weight, bias = layer.weight[bounds[i]:bounds[i + 1]], layer.bias[bounds[i]:bounds[i + 1]]
+        else:
+            weight, bias = softmax.out_layers[i].weight, softmax.out_layers[i].bias
+        if i == 0 and softmax.n_clusters > 0:
+            weight = torch.cat([weight, softmax.cluster_weight])
+            bias = torch.cat([bias, softmax.cluster_bias])
+        proj = softmax.out_projs[i] if len(softmax.out_projs) > 0 else None
+        params.append((weight, bias, proj))
+    return params
+
+
 class TransformerXLScorer(nn.Module):
     """Scores token streams segment by segment with memory; see the module docstring."""
 
@@ -148,7 +167,7 @@ class TransformerXLScorer(nn.Module):
         self.tail_starts: List[int] = list(softmax.bounds[1:-1])
         self.softmax_clusters = nn.ModuleList(
             SoftmaxCluster(w, b, p, softmax.bounds[i], softmax.bounds[i + 1])
-            for i, (w, b, p) in enumerate(softmax._cluster_params())
+            for i, (w, b, p) in enumerate(softmax_cluster_params(softmax))
         )
 
     def embed(self, tokens: Tensor) -> Tensor:
