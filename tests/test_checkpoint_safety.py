@@ -70,3 +70,16 @@ def test_other_globals_are_still_refused(tmp_path):
     torch.save({"model": {}, "payload": NotAllowed()}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path)
+
+
+def test_distributed_checkpoint_broadcast_placeholders_load(tmp_path):
+    """Rank 0 broadcasts a checkpoint to the other ranks as a pickle whose tensors are replaced by
+    fairseq's _TensorPlaceholder; the receiving ranks unpickle it with torch.load."""
+    from fairseq.distributed.utils import _put_tensors_in_obj, _split_tensors_from_obj
+
+    tensors = []
+    obj = _split_tensors_from_obj({"model": {"w": torch.ones(2)}, "step": 3}, tensors)
+    path = tmp_path / "broadcast.pt"
+    torch.save(obj, path)
+    restored = _put_tensors_in_obj(torch.load(path, map_location="cpu"), tensors)
+    assert torch.equal(restored["model"]["w"], torch.ones(2)) and restored["step"] == 3

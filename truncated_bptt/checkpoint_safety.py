@@ -49,6 +49,14 @@ def _omegaconf_types():
     return types
 
 
+def _fairseq_types():
+    try:  # rank 0 broadcasts checkpoints to the other ranks with these in place of tensors
+        from fairseq.distributed.utils import _TensorPlaceholder
+    except ImportError:
+        return []
+    return [_TensorPlaceholder]
+
+
 def fairseq_checkpoint_safe_types() -> list:
     """The data-only types fairseq checkpoints (ours and older argparse-era ones) contain."""
     return [
@@ -67,6 +75,7 @@ def fairseq_checkpoint_safe_types() -> list:
         slice,
         *(_numpy_types()),
         *(_omegaconf_types()),
+        *(_fairseq_types()),
     ]
 
 
