@@ -175,9 +175,9 @@ def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, t
             tmp_path / "w2", *TINY, *common, *dist, "--batch-size", "2"]
     first = torchrun(2, *args, "--max-update", "8", "--save-interval-updates", "8")
     assert '"bsz": "4"' in first  # two processes with 2 streams each took part
-    # fairseq broadcasts the checkpoint from rank 0 by pickling it through torch.load, which torch
-    # >= 2.6 refuses for fairseq's _TensorPlaceholder; every rank reads the file itself instead.
-    resumed = torchrun(2, *args, "--max-update", "14", "--load-checkpoint-on-all-dp-ranks")
+    # Rank 0 reads the checkpoint and broadcasts it (a pickle that torch.load(weights_only=True)
+    # accepts thanks to the plugin's allow-list).
+    resumed = torchrun(2, *args, "--max-update", "14")
     assert "restored the memory of streams 0-1 at step 8" in resumed  # (rank 1 does not log)
     expected = losses(single)
     got = {**losses(first), **losses(resumed)}
