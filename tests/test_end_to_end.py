@@ -60,7 +60,7 @@ def test_preprocess_train_eval(tmp_path):
 
     out = run(
         "fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path", ckpt / "checkpoint_last.pt",
-        "--gen-subset", "test", "--batch-size", 1, "--required-batch-size-multiple", 1,
+        "--task", "truncated_bptt_lm", "--gen-subset", "test", "--batch-size", 1, "--required-batch-size-multiple", 1,
         "--tokens-per-sample", 8,
         "--model-overrides", '{"mem_len":32,"clamp_len":16,"same_length":True}', "--cpu",
         cwd=tmp_path,
