@@ -1,6 +1,6 @@
 """Measure the machine's practical fp32 matmul peak (FLOP/s) with torch at a given thread count.
 
-The peak is the best of several timed square matmuls (n x n times n x n costs 2*n**3 FLOPs), large
+The peak is the best of many timed square matmuls (n x n times n x n costs 2*n**3 FLOPs), large
 enough that the BLAS kernel runs at full speed. It is the denominator of the "fraction of peak"
 that benchmarks/compare.py reports. Prints one line `RESULT {json}`.
 
@@ -13,14 +13,16 @@ import time
 import torch
 
 
-def matmul_flops_per_s(n: int, repeats: int, dtype=torch.float32) -> float:
-    """Best FLOP/s over `repeats` timed products of two random n x n matrices (after one warm-up)."""
+def matmul_flops_per_s(n: int, seconds: float, dtype=torch.float32) -> float:
+    """Best FLOP/s over products of two random n x n matrices timed one by one for about `seconds`
+    (after one warm-up): the best single product is the one least disturbed by other processes."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: page in, let the BLAS pick its kernel
     best = float("inf")
-    for _ in range(repeats):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         start = time.perf_counter()
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
@@ -31,13 +33,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3072])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing time per size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    per_size = {n: matmul_flops_per_s(n, args.repeats) for n in args.sizes}
+    per_size = {n: matmul_flops_per_s(n, args.seconds) for n in args.sizes}
     best_n = max(per_size, key=per_size.get)
     print("RESULT " + json.dumps({
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
         "dtype": "float32",
         "flops_per_s": per_size[best_n],
         "best_size": best_n,
