@@ -7,7 +7,8 @@ One run, one machine, the same settings and data for both:
            "Evaluated N tokens ... tokens/s" line), peak memory, and achieved FLOP/s as a fraction
            of the machine's fp32 matmul peak measured at the same thread count (benchmarks/matmul_peak.py;
            model FLOPs counted analytically by benchmarks/flops.py).
-  quality  fairseq-train both with identical hyperparameters: the example for a wall-clock budget
+  quality  fairseq-train both with identical hyperparameters (configs/tiny_cpu.yaml's model, batch
+           and Adam settings; see quality_flags): the example for a wall-clock budget
            (N updates), ours for the same N updates and for the same wall-clock budget; then
            fairseq-eval-lm test perplexity at short and long memory, and a plot.
 
@@ -50,6 +51,17 @@ BENCH_MODEL = {"n_layer": 4, "d_model": 256, "n_head": 4, "d_head": 64, "d_inner
 BENCH_TPS, BENCH_BATCH = 128, 8
 # fairseq-eval-lm settings of the paper / the example's README.
 EVAL_TPS, EVAL_MEM, EVAL_CLAMP = 64, 640, 400
+# Quality: the tiny CPU recipe (configs/tiny_cpu.yaml) as flags both implementations accept.
+TINY_MODEL = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_head": 16, "d_inner": 256,
+              "cutoffs": [2000, 10000], "mem_len": 128, "dropout": 0.0, "dropatt": 0.0}
+TINY_TPS, TINY_BATCH = 64, 16
+# Its evaluation at short memory (as trained) and long memory (distances clamped to the longest
+# one seen in training, tokens_per_sample + mem_len).
+QUALITY_MEMORIES = {
+    "short": {"tps": TINY_TPS, "mem_len": TINY_MODEL["mem_len"], "clamp_len": -1, "same_length": False},
+    "long": {"tps": TINY_TPS, "mem_len": EVAL_MEM, "clamp_len": TINY_TPS + TINY_MODEL["mem_len"],
+             "same_length": True},
+}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -351,13 +363,15 @@ def best_rounds(entries: List[Dict]) -> List[Dict]:
 
 # ------------------------------------------------------------------------------------ quality
 def quality_flags(args) -> List[str]:
-    m = dict(BENCH_MODEL, dropout=args.quality_dropout)
-    return ["--task", "truncated_bptt_lm", "--tokens-per-sample", str(BENCH_TPS),
-            "--batch-size", str(BENCH_BATCH), *model_flags(m),
-            "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.25",
-            "--lr", str(args.quality_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "50",
+    """configs/tiny_cpu.yaml's model, batch and Adam settings. Its lr schedule (our cosine_warmup,
+    whose length is max_update) is replaced by fairseq's inverse_sqrt with the same warm-up: the
+    example has no cosine_warmup, and a wall-clock budget fixes no max_update."""
+    return ["--task", "truncated_bptt_lm", "--tokens-per-sample", str(TINY_TPS),
+            "--batch-size", str(TINY_BATCH), *model_flags(TINY_MODEL),
+            "--optimizer", "adam", "--adam-betas", "(0.9, 0.999)", "--clip-norm", "0.25",
+            "--lr", str(args.quality_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
             "--warmup-init-lr", "1e-07",
-            "--cpu", "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "10",
+            "--cpu", "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "25",
             "--disable-validation", "--no-epoch-checkpoints"]
 
 
@@ -403,9 +417,7 @@ def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results:
         runs[label] = {"impl": name, "updates": final_updates(res["output"]), "train_wall_s": res["wall_s"],
                        "curve": train_log(res["output"]), "checkpoint": os.path.join(save, "checkpoint_last.pt"),
                        "log": os.path.relpath(path, ROOT)}
-    memories = {"short": {"tps": BENCH_TPS, "mem_len": BENCH_MODEL["mem_len"], "clamp_len": -1,
-                          "same_length": False},
-                "long": {"tps": EVAL_TPS, "mem_len": EVAL_MEM, "clamp_len": EVAL_CLAMP, "same_length": True}}
+    memories = QUALITY_MEMORIES
     for label, run in runs.items():
         side = sides[run["impl"]]
         run["test"] = {}
@@ -510,9 +522,15 @@ def report(results: Dict) -> str:
         lines.append(f"Quality at equal budget (perplexity by fairseq-eval-lm on {split}, "
                      f"{q['eval_streams']} streams; budget {q['budget_minutes']:g} min wall-clock per run)")
         lines.append("")
+        sm, lm_ = QUALITY_MEMORIES["short"], QUALITY_MEMORIES["long"]
+        lines.append(f"Model: configs/tiny_cpu.yaml's ({TINY_MODEL['n_layer']} layers, d_model {TINY_MODEL['d_model']}, "
+                     f"{TINY_MODEL['n_head']} heads x {TINY_MODEL['d_head']}, d_inner {TINY_MODEL['d_inner']}, "
+                     f"batch {TINY_BATCH} x {TINY_TPS} tokens, mem_len {TINY_MODEL['mem_len']}); identical flags "
+                     "on both sides: `" + " ".join(q["flags"]) + "`")
+        lines.append("")
         lines.append("| run | implementation | updates | train wall s | test ppl, short memory "
-                     f"(tps {BENCH_TPS}, mem {BENCH_MODEL['mem_len']}) | test ppl, long memory "
-                     f"(tps {EVAL_TPS}, mem {EVAL_MEM}, clamp {EVAL_CLAMP}, same_length) |")
+                     f"(tps {sm['tps']}, mem {sm['mem_len']}) | test ppl, long memory "
+                     f"(tps {lm_['tps']}, mem {lm_['mem_len']}, clamp {lm_['clamp_len']}, same_length) |")
         lines.append("|---|---|---:|---:|---:|---:|")
         names = {"example-time": "example, time budget", "ours-updates": "ours, same updates as the example",
                  "ours-time": "ours, same time budget"}
@@ -540,8 +558,7 @@ def main():
                         help="size of the speedtest split (the start of test.txt) scored for eval-lm speed")
     parser.add_argument("--eval-streams", type=int, default=8, help="batch > 1 of the eval-lm speed runs")
     parser.add_argument("--budget-minutes", type=float, default=3.0, help="quality: wall-clock budget per run")
-    parser.add_argument("--quality-lr", type=float, default=0.001)
-    parser.add_argument("--quality-dropout", type=float, default=0.1)
+    parser.add_argument("--quality-lr", type=float, default=0.003, help="the tiny recipe's")
     parser.add_argument("--quality-eval-streams", type=int, default=8,
                         help="streams (batch) of the quality runs' fairseq-eval-lm")
     parser.add_argument("--quality-test-tokens", type=int, default=0,
