@@ -70,3 +70,22 @@ def test_preprocess_train_eval(tmp_path):
     assert m, out[-3000:]
     assert int(m.group(1)) == n_tokens
     assert float(m.group(3)) < 4.0, out[-2000:]  # the cycle is nearly deterministic given context
+
+
+def test_eval_lm_without_the_streaming_task_is_refused(tmp_path):
+    """fairseq-eval-lm takes its task from the command line (default `language_modeling`), under
+    which a Transformer-XL would silently be scored without memory: it must stop and say why."""
+    text, data, ckpt = tmp_path / "text", tmp_path / "data-bin", tmp_path / "ckpt"
+    for split in ("train", "valid", "test"):
+        write_lines(str(text / f"{split}.txt"), _corpus(12, 1))
+    preprocess(str(text), str(data))
+    run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+        "--tokens-per-sample", 8, "--batch-size", 2, "--arch", "transformer_xl_tiny",
+        "--n-layer", 1, "--d-model", 16, "--n-head", 2, "--d-head", 8, "--d-inner", 32,
+        "--cutoffs", "8", "--optimizer", "adam", "--lr", 0.001, "--max-update", 1,
+        "--save-dir", ckpt, "--no-epoch-checkpoints", "--disable-validation", "--cpu",
+        cwd=tmp_path)
+    proc = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path",
+               ckpt / "checkpoint_last.pt", "--batch-size", 1, "--cpu", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "add --task truncated_bptt_lm" in proc.stdout, proc.stdout[-3000:]

@@ -129,6 +129,17 @@ def check_memory_options(cfg) -> None:
 class TransformerXLLanguageModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, cfg: TransformerXLConfig, task):
+        from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMTask
+
+        # fairseq-eval-lm/-generate build the task from the command line, not from the checkpoint:
+        # under fairseq's default `language_modeling` every segment would be scored without memory
+        # and the run would look fine. Refuse instead of reporting a silently wrong perplexity.
+        if not isinstance(task, TruncatedBPTTLMTask):
+            raise ValueError(
+                f"transformer_xl needs --task truncated_bptt_lm (got task "
+                f"{getattr(task.cfg, '_name', type(task).__name__)!r}): only that task feeds the "
+                "model its streams in order with memory; add --task truncated_bptt_lm"
+            )
         return cls(TransformerXLDecoder(cfg, task.target_dictionary))
 
     def forward(self, src_tokens, src_lengths=None, incremental_state=None, memory_key=None,
