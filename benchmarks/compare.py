@@ -74,8 +74,8 @@ class Side:
 
     def __init__(self, name: str, venv: str, user_dir: Optional[str] = None):
         self.name = name
-        self.venv = venv
-        self.python = os.path.join(venv, "bin", "python")
+        self.venv = os.path.abspath(venv)
+        self.python = os.path.join(self.venv, "bin", "python")
         if not os.access(self.python, os.X_OK):
             setup = "scripts/setup_bench_env.sh" if name == EXAMPLE else "scripts/setup_env.sh py310"
             raise SystemExit(f"compare: no environment at {venv}: run `bash {setup}` first")
