@@ -47,3 +47,16 @@ def tiny_checkpoint(data_dir, path, *extra, seed=0):
     model, task, cfg = tiny_model(data_dir, *extra, seed=seed)
     save_checkpoint(model, cfg, path)
     return model, task, cfg
+
+
+def stream_segments(model, stream, seg, memory_key="test"):
+    """Log-probs of the fairseq model streaming ``stream`` ``[B, L]`` (fairseq ids) in segments of
+    ``seg`` tokens with its own memory: a list of ``[B, seg]`` tensors (the last may be shorter)."""
+    out = []
+    with torch.no_grad():
+        for k, start in enumerate(range(0, stream.size(1) - 1, seg)):
+            targets = stream[:, start + 1:start + seg + 1]
+            tokens = stream[:, start:start + targets.size(1)]
+            features, _ = model(tokens, memory_key=memory_key, segment_index=k)
+            out.append(model.decoder.target_log_probs(features, targets))
+    return out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_cli import ROOT, USER_DIR, cli_env, run
-from inference_models import binarize
+from inference_models import binarize, stream_segments
 from truncated_bptt import checkpoint_conversion as cc
 
 # Source vocabulary: "<eos>" first (as wt103's), "<unk>" inside the head cluster.
@@ -202,14 +202,7 @@ def save_nvidia(path, cfg, sd):
 
 def converted_log_probs(model, new_stream, seg):
     """Our model streaming ``new_stream`` ``[B, L]`` (fairseq ids) segment by segment."""
-    out = []
-    with torch.no_grad():
-        for k, start in enumerate(range(0, new_stream.size(1) - 1, seg)):
-            targets = new_stream[:, start + 1:start + seg + 1]
-            tokens = new_stream[:, start:start + targets.size(1)]
-            features, _ = model(tokens, memory_key="valid", segment_index=k)
-            out.append(model.decoder.target_log_probs(features, targets))
-    return torch.cat(out, dim=1)
+    return torch.cat(stream_segments(model, new_stream, seg, memory_key="valid"), dim=1)
 
 
 def to_fairseq_ids(stream, vmap_source_id):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fairseq_cli import ROOT, cli_env
-from inference_models import make_dictionary_dir, tiny_checkpoint, tiny_model
+from inference_models import make_dictionary_dir, stream_segments, tiny_checkpoint, tiny_model
 from truncated_bptt import export_cli
 from truncated_bptt.torchscript_export import TransformerXLScorer, export_scorer
 
@@ -58,14 +58,7 @@ def sharpen(model):
 
 def eager_segments(model, stream, seg):
     """Reference: the fairseq model streaming the same segments with its own memory."""
-    out = []
-    with torch.no_grad():
-        for k, start in enumerate(range(0, stream.size(1) - 1, seg)):
-            targets = stream[:, start + 1:start + seg + 1]
-            tokens = stream[:, start:start + targets.size(1)]
-            features, _ = model(tokens, memory_key="test", segment_index=k)
-            out.append(model.decoder.target_log_probs(features, targets))
-    return out
+    return stream_segments(model, stream, seg, memory_key="test")
 
 
 def run_isolated(path, stream, seg):
