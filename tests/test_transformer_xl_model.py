@@ -321,7 +321,7 @@ def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp
     assert "num. shared model params" in log or "num. model params" in log, log[-2000:]
     overrides = '{"mem_len":64,"clamp_len":4,"same_length":True}'
     out = run(
-        "fairseq-eval-lm", tmp_path / "data", "--user-dir", USER_DIR,
+        "fairseq-eval-lm", tmp_path / "data", "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
         "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid",
         "--batch-size", 1, "--required-batch-size-multiple", 1, "--tokens-per-sample", 4,
         "--model-overrides", overrides, "--cpu", cwd=tmp_path,
