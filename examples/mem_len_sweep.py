@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fairseq_logs import parse_eval_lm  # noqa: E402
+from figures import finish_and_save  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_USER_DIR = os.path.join(REPO, "truncated_bptt")
@@ -93,15 +94,7 @@ def plot_sweep(results: List[Dict[str, float]], out_png: str,
     ax.set_xticklabels([str(x) for x in xs])
     ax.minorticks_off()
     ax.margins(x=0.05, y=0.12)
-    ax.set_xlabel("mem_len at evaluation (tokens)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return finish_and_save(fig, ax, "mem_len at evaluation (tokens)", title, out_png)
 
 
 def main(argv: Sequence[str] = None):

@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fairseq_logs import read_training_log  # noqa: E402
+from figures import finish_and_save  # noqa: E402
 
 
 def plot_training_curves(runs: Dict[str, Dict[str, List[Dict]]], out_png: str,
@@ -39,16 +40,8 @@ def plot_training_curves(runs: Dict[str, Dict[str, List[Dict]]], out_png: str,
             ax.plot([r["num_updates"] for r in valid], [r["ppl"] for r in valid], "o--",
                     color=color, label=f"{label} valid")
     ax.set_yscale("log")
-    ax.set_xlabel("updates")
-    ax.set_ylabel("perplexity")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return finish_and_save(fig, ax, "updates", title, out_png)
 
 
 def main(argv: Sequence[str] = None):
