@@ -54,6 +54,18 @@ def test_log_probs_match_naive_softmax(d_embed, d_proj, cutoffs, div_val):
     torch.testing.assert_close(sm.target_log_probs(hidden, target), full.gather(1, target[:, None])[:, 0])
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_scoring_without_autograd_matches(rows):
+    """Without autograd the logits take another matrix layout (faster on CPU); same values."""
+    sm = random_softmax(20, 6, 6, [5, 12], 1)
+    hidden = torch.randn(rows, 6, dtype=torch.float64)
+    target = torch.tensor([0, 13, 7][:rows])
+    with torch.no_grad():
+        full, picked = sm.log_probs(hidden), sm.target_log_probs(hidden, target)
+    torch.testing.assert_close(full, naive_log_probs(sm, hidden).detach())
+    torch.testing.assert_close(picked, sm.target_log_probs(hidden, target).detach())
+
+
 def test_target_log_probs_never_build_vocabulary_wide_logits(monkeypatch):
     sm = random_softmax(200, 8, 8, [20, 60], 1)
     widths = []
@@ -63,11 +75,21 @@ def test_target_log_probs_never_build_vocabulary_wide_logits(monkeypatch):
         widths.append(w.size(0))
         return linear(x, w, b)
 
+    addmm = torch.addmm
+
+    def recording_addmm(b, w, x):  # scoring without autograd: (w @ x^T)^T
+        widths.append(w.size(0))
+        return addmm(b, w, x)
+
     monkeypatch.setattr(F, "linear", recording_linear)
+    monkeypatch.setattr(torch, "addmm", recording_addmm)
     target = torch.tensor([1, 2, 30, 150])
-    sm.target_log_probs(torch.randn(4, 8, dtype=torch.float64), target)
-    # the head (20 tokens + 2 cluster entries, as one or two products), then each tail once
-    assert sorted(widths) in ([2, 20, 40, 140], [22, 40, 140])
+    for grad in (True, False):
+        widths.clear()
+        with torch.set_grad_enabled(grad):
+            sm.target_log_probs(torch.randn(4, 8, dtype=torch.float64), target)
+        # the head (20 tokens + 2 cluster entries, as one or two products), then each tail once
+        assert sorted(widths) in ([2, 20, 40, 140], [22, 40, 140])
 
 
 def test_gradients_through_the_shared_table_are_the_naive_ones():
