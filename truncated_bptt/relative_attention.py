@@ -108,8 +108,8 @@ class RelativeMultiHeadAttention(nn.Module):
 
     def forward(self, h: Tensor, pos_emb: Tensor, r_w_bias: Tensor, r_r_bias: Tensor,
                 mask: Optional[Tensor], mem: Optional[Tensor] = None,
-                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None,
+                kv_out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """
         h: ``[B, T, d_model]`` current segment; mem: ``[B, M, d_model]`` or None (detached).
         mem_kv: optional ``[B, M, 2, n_head, d_head]`` keys/values of ``mem`` computed earlier with
@@ -117,7 +117,10 @@ class RelativeMultiHeadAttention(nn.Module):
         pos_emb: ``[K + 1, d_model]`` encodings whose row 0 is zero and rows ``1..K`` stand for
         distances ``K-1, ..., 0`` (see :func:`rel_shift`); r_w_bias/r_r_bias: ``[n_head, d_head]``.
         mask: bool ``[T, K]`` (True = hidden) or None. pos_key: optional ``r_net(pos_emb)``
-        ``[K + 1, n_head * d_head]`` computed earlier with the same weights.
+        ``[K + 1, n_head * d_head]`` computed earlier with the same weights. kv_out: optional
+        ``[B, K, 2, n_head, d_head]`` whose first ``M`` positions already hold the memory's keys/values
+        (see :mod:`truncated_bptt.memory_buffers`): the segment's are written after them, and
+        ``mem``/``mem_kv`` are not used.
         Returns the output ``[B, T, d_model]`` and the keys/values ``[B, K, 2, n_head, d_head]``.
         """
         bsz, qlen, _ = h.shape
@@ -127,6 +130,9 @@ class RelativeMultiHeadAttention(nn.Module):
         # k/v rows of the same weight, so autograd never forms a gradient for the memory inputs.
         qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
         q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        if kv_out is not None:  # the memory's keys/values are already in place: no copy of them
+            kv_out[:, kv_out.size(1) - qlen:].copy_(kv)
+            kv, mem, mem_kv = kv_out, None, None
         if mem_kv is None and mem is not None and mem.size(1) > 0:
             m = self.layer_norm(mem) if self.pre_lnorm else mem
             mem_kv = F.linear(m, self.qkv_net.weight[hd:]).view(bsz, -1, 2, n_head, d_head)
@@ -145,11 +151,12 @@ class RelativeMultiHeadAttention(nn.Module):
         # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
         q_position = ((q + r_r_bias) * self.scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
         position = torch.bmm(q_position, r.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
-        score = score + rel_shift(position).transpose(0, 1)
+        # In place: neither matmul's nor masked_fill's backward needs these values.
+        score.add_(rel_shift(position).transpose(0, 1))
         if score.dtype in (torch.float16, torch.bfloat16):  # mask/normalise in fp32, never in half
             score = score.float()
         if mask is not None:
-            score = score.masked_fill(mask, MASK_VALUE)
+            score.masked_fill_(mask, MASK_VALUE)
         prob = torch.softmax(score, dim=-1).to(v.dtype)
         if self.dropatt > 0.0 and self.training:
             prob = F.dropout(prob, p=self.dropatt)

@@ -54,12 +54,13 @@ class TransformerXLLayer(nn.Module):
 
     def forward(self, h: Tensor, pos_emb: Tensor, mask: Optional[Tensor], mem: Optional[Tensor],
                 r_w_bias: Optional[Tensor] = None, r_r_bias: Optional[Tensor] = None,
-                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None,
+                kv_out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """h ``[B, T, d]``, mem ``[B, M, d]`` or None, pos_emb ``[K + 1, d]``, mask ``[T, K]``,
-        mem_kv / pos_key: cached keys/values of mem / positional keys, or None. Returns the output ``[B, T, d]`` and the
-        keys/values ``[B, K, 2, n_head, d_head]`` (see :class:`RelativeMultiHeadAttention`)."""
+        mem_kv / pos_key / kv_out: cached keys/values of mem / positional keys / keys and values
+        already in place, or None. Returns the output ``[B, T, d]`` and the keys/values
+        ``[B, K, 2, n_head, d_head]`` (see :class:`RelativeMultiHeadAttention`)."""
         if self.r_w_bias is not None:
             r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
-        out, kv = self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem, mem_kv, pos_key)
+        out, kv = self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem, mem_kv, pos_key, kv_out)
         return self.ff(out), kv

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from truncated_bptt.adaptive_input import AdaptiveInput
+from truncated_bptt.memory_buffers import MemoryBuffers
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 from truncated_bptt.relative_attention import attention_mask, position_encodings
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
@@ -182,6 +183,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self._warned_missing: set = set()
         self._warned_no_memory = False
         self._pos_key_cache = None  # (key, per-layer positional keys), see _cached_position_keys
+        self._constants_cache: Dict[tuple, Tuple[Optional[Tensor], Tensor]] = {}  # see _mask_and_encodings
 
     # ---------------------------------------------------------------- parameters
     def reset_parameters(self):
@@ -305,61 +307,110 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         """
         cfg = self.cfg
         check_memory_options(cfg)
+        # Read once: cfg is an omegaconf node, whose attribute access is slow at this call rate.
+        mem_len, same_length, clamp_len, dropout = cfg.mem_len, cfg.same_length, cfg.clamp_len, cfg.dropout
         bsz, qlen = tokens.shape
         h = self.embed(tokens)
         n_layer = len(self.layers)
         mems = kvs = None
         if state is not None:
             mems = [state[f"layer_{i}"].to(h) for i in range(n_layer)]
-        cache_kv = not torch.is_grad_enabled() and cfg.mem_len > 0
+        cache_kv = not torch.is_grad_enabled() and mem_len > 0
         weights_token = self._weights_token() if cache_kv else None
         if cache_kv and state is not None and "kv_0" in state \
                 and state.get("cached_for_weights") == weights_token:
             kvs = [state[f"kv_{i}"] for i in range(n_layer)]
         mlen = mems[0].size(1) if mems is not None else 0
-        klen = mlen + qlen
-        mask = None  # a single new token (generation) may see every key unless same_length
-        if qlen > 1 or cfg.same_length:
-            mask = attention_mask(qlen, mlen, cfg.same_length, cfg.mem_len, device=h.device)
-        # Row 0 of the encodings is the zero pad that rel_shift relies on.
-        pos_emb = position_encodings(klen, cfg.d_model, cfg.clamp_len, h.device, h.dtype)
-        if cfg.dropout > 0.0 and self.training:
-            h = F.dropout(h, p=cfg.dropout)
-            pos_emb = F.dropout(pos_emb, p=cfg.dropout)
+        mask, pos_emb = self._mask_and_encodings(qlen, mlen, mem_len, same_length, clamp_len, h)
+        if dropout > 0.0 and self.training:
+            h = F.dropout(h, p=dropout)
+            pos_emb = F.dropout(pos_emb, p=dropout)
 
-        use_checkpoint = (cfg.checkpoint_activations or cfg.offload_activations) and self.training \
-            and torch.is_grad_enabled()
-        pos_keys = self._cached_position_keys(pos_emb, cfg.clamp_len, weights_token) if cache_kv \
+        use_checkpoint = self.training and torch.is_grad_enabled() \
+            and (cfg.checkpoint_activations or cfg.offload_activations)
+        pos_keys = self._cached_position_keys(pos_emb, clamp_len, weights_token) if cache_kv \
             else [None] * n_layer
+        buffers = self._memory_buffers(state, mems, kvs, mlen, qlen, mem_len) if kvs is not None else None
         hids, new_kvs = [], []
         with self._offload_context(use_checkpoint):
             for i, layer in enumerate(self.layers):
-                hids.append(h)
+                kv_out = None
+                if buffers is not None:  # [memory; segment] as views of the buffers, no copies
+                    hid = buffers.extended(f"layer_{i}", mlen, qlen)
+                    hid[:, mlen:].copy_(h)
+                    hids.append(hid)
+                    kv_out = buffers.extended(f"kv_{i}", mlen, qlen)
+                else:
+                    hids.append(h)
                 args = (h, pos_emb, mask, None if mems is None else mems[i], self.r_w_bias,
-                        self.r_r_bias, None if kvs is None else kvs[i], pos_keys[i])
+                        self.r_r_bias, None if kvs is None else kvs[i], pos_keys[i], kv_out)
                 if use_checkpoint:
                     h, kv = checkpoint(layer, *args, use_reentrant=False)
                 else:
                     h, kv = layer(*args)
                 if cache_kv:
                     new_kvs.append(kv)
-        if cfg.dropout > 0.0 and self.training:
-            h = F.dropout(h, p=cfg.dropout)
-        if cfg.mem_len == 0:
+        if dropout > 0.0 and self.training:
+            h = F.dropout(h, p=dropout)
+        if mem_len == 0:
             return h, None
         new_state: Dict[str, object] = {}
-        keep = min(mlen, max(cfg.mem_len - qlen, 0))  # old memory positions that stay
+        if buffers is not None:  # hids and new_kvs cover [memory; segment]
+            buffers.advance(qlen)
+            for i in range(n_layer):
+                new_state[f"layer_{i}"] = hids[i][:, -mem_len:]
+                new_state[f"kv_{i}"] = new_kvs[i][:, -mem_len:]
+            new_state["buffers"] = buffers
+            new_state["cached_for_weights"] = weights_token
+            return h, new_state
+        keep = min(mlen, max(mem_len - qlen, 0))  # old memory positions that stay
         with torch.no_grad():
             for i, hid in enumerate(hids):
-                new = hid[:, -cfg.mem_len:]
+                new = hid[:, -mem_len:]
                 if keep > 0:
                     new = torch.cat([mems[i][:, mlen - keep:], new], dim=1)
                 new_state[f"layer_{i}"] = new.detach().contiguous()
             for i, kv in enumerate(new_kvs):  # kv already covers [memory; tokens]
-                new_state[f"kv_{i}"] = kv[:, -cfg.mem_len:].contiguous()
+                new_state[f"kv_{i}"] = kv[:, -mem_len:].contiguous()
         if cache_kv:
             new_state["cached_for_weights"] = weights_token
         return h, new_state
+
+    def _memory_buffers(self, state, mems: List[Tensor], kvs: List[Tensor], mlen: int, qlen: int,
+                        mem_len: int) -> MemoryBuffers:
+        """Buffers holding this state's memory and cached keys/values with room for ``qlen`` more
+        positions: the state's own (made by the previous step) while nothing else appended to them,
+        else fresh ones (one copy, as a step without buffers would make)."""
+        memories = {f"layer_{i}": m for i, m in enumerate(mems)}
+        memories.update((f"kv_{i}", kv) for i, kv in enumerate(kvs))
+        buffers = state.get("buffers")
+        if not (isinstance(buffers, MemoryBuffers) and buffers.holds(memories)
+                and mlen + qlen <= buffers.capacity):
+            # room for mem_len / qlen steps (or mem_len single tokens) between compactions
+            buffers = MemoryBuffers(memories, capacity=max(mlen, mem_len) + max(qlen, mem_len))
+        buffers.make_room(mlen, qlen)
+        return buffers
+
+    def _mask_and_encodings(self, qlen: int, mlen: int, mem_len: int, same_length: bool,
+                            clamp_len: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+        """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden) and the position
+        encodings ``[mlen + qlen + 1, d_model]`` (row 0 is the zero pad rel_shift relies on).
+
+        Both depend on shapes and options only, so they are kept for reuse: streaming repeats the same
+        few shapes every segment. Callers must not modify them in place.
+        """
+        key = (qlen, mlen, mem_len, same_length, clamp_len, like.dtype, like.device)
+        cached = self._constants_cache.get(key)
+        if cached is None:
+            # A single new token (generation) may see every key unless same_length.
+            mask = None
+            if qlen > 1 or same_length:
+                mask = attention_mask(qlen, mlen, same_length, mem_len, device=like.device)
+            pos_emb = position_encodings(mlen + qlen, self.cfg.d_model, clamp_len, like.device, like.dtype)
+            if len(self._constants_cache) >= 16:  # e.g. generation: a new klen every step
+                self._constants_cache.clear()
+            cached = self._constants_cache[key] = (mask, pos_emb)
+        return cached
 
     def _cached_position_keys(self, pos_emb: Tensor, clamp_len: int, weights_token) -> List[Tensor]:
         """Every layer's ``r_net(pos_emb)`` (one GEMM for all layers), kept while the length, clamp,
@@ -435,7 +486,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             return
         reordered = {
             k: v.index_select(0, new_order) if k.startswith(("layer_", "kv_")) else v
-            for k, v in state.items()
+            for k, v in state.items() if k != "buffers"  # reordered rows live in new tensors
         }
         self.set_incremental_state(incremental_state, "memory", reordered)
 
