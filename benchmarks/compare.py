@@ -10,7 +10,10 @@ One run, one machine, the same settings and data for both:
   quality  fairseq-train both with identical hyperparameters (configs/tiny_cpu.yaml's model, batch
            and Adam settings; see quality_flags): the example for a wall-clock budget
            (N updates), ours for the same N updates and for the same wall-clock budget; then
-           fairseq-eval-lm test perplexity at short and long memory, and a plot.
+           fairseq-eval-lm test perplexity at short and long memory, and a plot. Equal updates
+           are also run from identical initial weights (the example's fresh model, converted into
+           ours: benchmarks/initial_checkpoint.py) and from our own init with several seeds (the
+           seed-to-seed spread a difference between the two implementations is measured against).
 
 The two implementations register the same names (`transformer_xl`, `truncated_bptt_lm`), so they never
 share a process: ours runs in .venv/py310 with `--user-dir <repo>/truncated_bptt`, the example in
@@ -31,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -184,6 +188,7 @@ def prepare_data(text_dir: str, eval_speed_tokens: int, test_tokens: int, ours: 
     under runs/bench/data-bin), plus two splits cut from the start of the test text: `speedtest`
     (~eval_speed_tokens tokens, for the eval-lm speed runs) and, if test_tokens > 0, `testhead`
     (~test_tokens tokens, for the quality runs when the whole test set would take too long)."""
+    text_dir = os.path.abspath(text_dir)  # fairseq-preprocess runs in its log directory
     names = {}
     for split in ("train", "valid", "test"):
         path = os.path.join(text_dir, f"{split}.txt")
@@ -362,7 +367,7 @@ def best_rounds(entries: List[Dict]) -> List[Dict]:
 
 
 # ------------------------------------------------------------------------------------ quality
-def quality_flags(args) -> List[str]:
+def quality_flags(args, seed: int = 1) -> List[str]:
     """configs/tiny_cpu.yaml's model, batch and Adam settings. Its lr schedule (our cosine_warmup,
     whose length is max_update) is replaced by fairseq's inverse_sqrt with the same warm-up: the
     example has no cosine_warmup, and a wall-clock budget fixes no max_update."""
@@ -371,7 +376,7 @@ def quality_flags(args) -> List[str]:
             "--optimizer", "adam", "--adam-betas", "(0.9, 0.999)", "--clip-norm", "0.25",
             "--lr", str(args.quality_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
             "--warmup-init-lr", "1e-07",
-            "--cpu", "--seed", "1", "--num-workers", "0", "--log-format", "json", "--log-interval", "25",
+            "--cpu", "--seed", str(seed), "--num-workers", "0", "--log-format", "json", "--log-interval", "25",
             "--disable-validation", "--no-epoch-checkpoints"]
 
 
@@ -396,27 +401,54 @@ def final_updates(text: str) -> int:
     return int(found[-1])
 
 
+def initial_weights(sides: Dict[str, Side], data: str, work: str, flags: List[str], threads: int) -> Dict[str, str]:
+    """The example's fresh model under `flags` (what its fairseq-train would start from) as a
+    checkpoint at update 0, and the same weights converted into ours, by benchmarks/
+    initial_checkpoint.py in each side's environment: {side: checkpoint for --finetune-from-model}."""
+    paths = {name: os.path.join(work, f"quality-init-{name}.pt") for name in (EXAMPLE, OURS)}
+    hf_config = os.path.join(work, "quality-init-example-transformers.json")
+    how = {EXAMPLE: ["--save-transformers-config", hf_config], OURS: ["--from-example", paths[EXAMPLE], hf_config]}
+    for name in (EXAMPLE, OURS):
+        side = sides[name]
+        path = os.path.join(work, f"quality-init-{name}.out")
+        log(f"quality: the example's initial weights as {name} checkpoint {os.path.basename(paths[name])}")
+        check(run_cmd([side.python, os.path.join(BENCH, "initial_checkpoint.py"), paths[name], *how[name], "--",
+                       data, *flags, "--user-dir", side.user_dir], path, threads),
+              f"initial_checkpoint.py ({name})", path)
+    return paths
+
+
 def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results: Dict) -> None:
     threads = args.threads
     hours = args.budget_minutes / 60.0
     flags = quality_flags(args)
-    plan = [("example-time", EXAMPLE, ["--stop-time-hours", f"{hours:.6f}"]),
-            ("ours-updates", OURS, None),  # --max-update: the example's count, filled in below
-            ("ours-time", OURS, ["--stop-time-hours", f"{hours:.6f}"])]
+    init = initial_weights(sides, data, work, flags, threads)
+    # (label, side, seed, initial weights: a checkpoint or None for the side's own init with the seed,
+    #  budget: "time" = the wall-clock budget, "updates" = the example's number of updates)
+    plan = [("example-time", EXAMPLE, 1, init[EXAMPLE], "time"),  # the very init its fairseq-train makes
+            ("ours-updates-example-init", OURS, 1, init[OURS], "updates"),
+            ("ours-updates", OURS, 1, None, "updates"),
+            *[(f"ours-updates-seed{s}", OURS, s, None, "updates") for s in range(2, args.quality_seeds + 1)],
+            ("ours-time", OURS, 1, None, "time")]
     test_split = "testhead" if args.quality_test_tokens > 0 else "test"
     runs = {}
-    for label, name, extra in plan:
+    for label, name, seed, init_from, budget in plan:
         side = sides[name]
-        if extra is None:
-            extra = ["--max-update", str(runs["example-time"]["updates"])]
+        extra = (["--stop-time-hours", f"{hours:.6f}"] if budget == "time"
+                 else ["--max-update", str(runs["example-time"]["updates"])])
+        if init_from is not None:
+            extra += ["--finetune-from-model", init_from]
         save = os.path.join(work, f"quality-{label}")
         path = save + ".out"
         log(f"quality: training {label} ({' '.join(extra)})")
-        res = check(run_cmd([side.cli("fairseq-train"), data, *flags, "--user-dir", side.user_dir,
+        res = check(run_cmd([side.cli("fairseq-train"), data, *quality_flags(args, seed), "--user-dir", side.user_dir,
                              "--save-dir", save, *extra], path, threads), f"fairseq-train {label}", path)
-        runs[label] = {"impl": name, "updates": final_updates(res["output"]), "train_wall_s": res["wall_s"],
+        runs[label] = {"impl": name, "budget": budget, "seed": seed,
+                       "init": "own" if init_from is None else "example",
+                       "updates": final_updates(res["output"]), "train_wall_s": res["wall_s"],
                        "curve": train_log(res["output"]), "checkpoint": os.path.join(save, "checkpoint_last.pt"),
                        "log": os.path.relpath(path, ROOT)}
+        runs[label]["name"] = run_name(runs[label])
     memories = QUALITY_MEMORIES
     for label, run in runs.items():
         side = sides[run["impl"]]
@@ -438,7 +470,35 @@ def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results:
             run["test"][mem_name] = {"ppl": float(lm.group(2)), "loss_base2": float(lm.group(1)),
                                      "tokens": int(m.group(1).replace(",", "")), **mem}
     results["quality"] = {"budget_minutes": args.budget_minutes, "flags": flags, "test_split": test_split,
-                          "eval_streams": args.quality_eval_streams, "runs": runs}
+                          "eval_streams": args.quality_eval_streams, "runs": runs,
+                          "initial_weights": {k: os.path.relpath(v, ROOT) for k, v in init.items()}}
+
+
+def run_name(run: Dict) -> str:
+    if run["impl"] == EXAMPLE:
+        return "example, time budget"
+    if run["budget"] == "time":
+        return "ours, same time budget"
+    init = "example's initial weights" if run["init"] == "example" else f"own init seed {run['seed']}"
+    return f"ours, same updates, {init}"
+
+
+def same_init_agreement(runs: Dict, memory: str = "short") -> str:
+    """One sentence: does ours from the example's initial weights, at the example's number of
+    updates, reach the example's test perplexity, measured against the seed-to-seed spread of ours
+    from its own init at those updates."""
+    ex, same = runs["example-time"], runs["ours-updates-example-init"]
+    a, b = ex["test"][memory]["ppl"], same["test"][memory]["ppl"]
+    seeds = sorted(r["test"][memory]["ppl"] for r in runs.values() if r["budget"] == "updates" and r["init"] == "own")
+    text = (f"Same initial weights, {ex['updates']:,} updates each: test ppl ({memory} memory) example "
+            f"{a:.2f}, ours {b:.2f}: ours / example - 1 = {b / a - 1:+.1%}")
+    if len(seeds) < 2:
+        return text + " (one seed of our own init: no seed-to-seed spread to compare with)."
+    spread = seeds[-1] / seeds[0] - 1
+    verdict = ("within" if abs(b / a - 1) <= spread else "NOT within")
+    return (text + f", {verdict} the seed-to-seed spread of ours from its own init at the same updates "
+            f"({len(seeds)} seeds: {seeds[0]:.2f} .. {seeds[-1]:.2f}, max / min - 1 = {spread:.1%}; "
+            f"mean {statistics.mean(seeds):.2f}, std {statistics.stdev(seeds):.2f}).")
 
 
 # ------------------------------------------------------------------------------------- report
@@ -528,15 +588,22 @@ def report(results: Dict) -> str:
                      f"batch {TINY_BATCH} x {TINY_TPS} tokens, mem_len {TINY_MODEL['mem_len']}); identical flags "
                      "on both sides: `" + " ".join(q["flags"]) + "`")
         lines.append("")
+        init = q["initial_weights"]
+        lines.append(f"Initial weights: the example's run starts from `{init[EXAMPLE]}`, the example's own fresh "
+                     "model under these flags (what its fairseq-train starts from) written at update 0 by "
+                     "benchmarks/initial_checkpoint.py; \"example's initial weights\": that model converted "
+                     f"into ours (`{init[OURS]}`, truncated_bptt/checkpoint_conversion.py); both loaded with "
+                     "--finetune-from-model. \"own init seed k\": our fairseq-train's initialisation with --seed k.")
+        lines.append("")
         lines.append("| run | implementation | updates | train wall s | test ppl, short memory "
                      f"(tps {sm['tps']}, mem {sm['mem_len']}) | test ppl, long memory "
                      f"(tps {lm_['tps']}, mem {lm_['mem_len']}, clamp {lm_['clamp_len']}, same_length) |")
         lines.append("|---|---|---:|---:|---:|---:|")
-        names = {"example-time": "example, time budget", "ours-updates": "ours, same updates as the example",
-                 "ours-time": "ours, same time budget"}
-        for label, run in q["runs"].items():
-            lines.append(f"| {names[label]} | {run['impl']} | {run['updates']:,} | {run['train_wall_s']:.0f} | "
+        for run in q["runs"].values():
+            lines.append(f"| {run['name']} | {run['impl']} | {run['updates']:,} | {run['train_wall_s']:.0f} | "
                          f"{run['test']['short']['ppl']:.2f} | {run['test']['long']['ppl']:.2f} |")
+        lines.append("")
+        lines.append(same_init_agreement(q["runs"]))
         if results.get("plot"):
             lines.append("")
             lines.append(f"Plot: {results['plot']}")
@@ -563,6 +630,9 @@ def main():
                         help="streams (batch) of the quality runs' fairseq-eval-lm")
     parser.add_argument("--quality-test-tokens", type=int, default=0,
                         help="score only the first ~N tokens of the test text (0: all of it)")
+    parser.add_argument("--quality-seeds", type=int, default=3,
+                        help="train ours at the example's number of updates from its own init with seeds "
+                             "1..N (the seed-to-seed spread of test perplexity)")
     parser.add_argument("--ours-venv", default=os.path.join(ROOT, ".venv", "py310"))
     parser.add_argument("--example-venv", default=os.path.join(ROOT, ".venv", "bench-example"))
     parser.add_argument("--out-dir", default=os.path.join(BENCH, "results"))
@@ -570,6 +640,8 @@ def main():
     parts = set(args.parts.split(","))
     if not parts <= {"speed", "quality"}:
         raise SystemExit(f"compare: --parts takes speed and/or quality, got {args.parts}")
+    if args.quality_seeds < 1:
+        raise SystemExit(f"compare: --quality-seeds must be >= 1, got {args.quality_seeds}")
 
     started = datetime.datetime.utcnow()
     stamp = started.strftime("%Y%m%d-%H%M%S")

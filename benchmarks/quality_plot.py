@@ -3,15 +3,22 @@
 Left: training perplexity (fairseq's train_inner log) against wall-clock seconds, with the wall-clock
 budget marked. Middle: the same against updates. Right: test perplexity (fairseq-eval-lm) at short and
 long memory for each run.
-"""
-from typing import Dict
 
-LABELS = {
-    "example-time": "fairseq example (HF TransfoXL), time budget",
-    "ours-updates": "ours, same updates as the example",
-    "ours-time": "ours, same time budget",
-}
-STYLES = {"example-time": ("tab:red", "-"), "ours-updates": ("tab:blue", "--"), "ours-time": ("tab:blue", "-")}
+Colour says which model and initial weights (red: the example; purple: ours from the example's
+initial weights; blue: ours from its own init, other seeds than 1 paler), line style which budget
+(solid: wall-clock, dashed: the example's number of updates).
+"""
+from typing import Dict, Tuple
+
+
+def style(run: Dict) -> Tuple[str, str, float]:
+    """(colour, line style, opacity) of a run of compare.measure_quality."""
+    if run["impl"] == "example":
+        color = "tab:red"
+    else:
+        color = "tab:purple" if run["init"] == "example" else "tab:blue"
+    pale = run["init"] == "own" and run["seed"] != 1
+    return color, "-" if run["budget"] == "time" else "--", 0.4 if pale else 1.0
 
 
 def plot_quality(quality: Dict, path: str) -> None:
@@ -21,21 +28,22 @@ def plot_quality(quality: Dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     runs = quality["runs"]
-    fig, (ax_time, ax_upd, ax_test) = plt.subplots(1, 3, figsize=(16, 4.8))
-    for label, run in runs.items():
-        color, style = STYLES[label]
+    fig, (ax_time, ax_upd, ax_test) = plt.subplots(1, 3, figsize=(18, 5.2))
+    for run in runs.values():
+        color, line, alpha = style(run)
         curve = run["curve"]
         if not curve:
             continue
-        ax_time.plot([c["wall"] for c in curve], [c["ppl"] for c in curve], style, color=color, label=LABELS[label])
-        ax_upd.plot([c["update"] for c in curve], [c["ppl"] for c in curve], style, color=color, label=LABELS[label])
+        for ax, x in ((ax_time, "wall"), (ax_upd, "update")):
+            ax.plot([c[x] for c in curve], [c["ppl"] for c in curve], line, color=color, alpha=alpha,
+                    label=run["name"])
     ax_time.axvline(quality["budget_minutes"] * 60, color="gray", linestyle=":", label="wall-clock budget")
     for ax, xlabel in ((ax_time, "wall-clock seconds"), (ax_upd, "updates")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training perplexity")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax_time.set_title("training perplexity vs time")
     ax_upd.set_title("training perplexity vs updates")
 
@@ -44,13 +52,13 @@ def plot_quality(quality: Dict, path: str) -> None:
     for j, (mem, hatch) in enumerate((("short", ""), ("long", "//"))):
         xs = [i + (j - 0.5) * width for i in range(len(names))]
         values = [runs[n]["test"][mem]["ppl"] for n in names]
-        bars = ax_test.bar(xs, values, width, color=[STYLES[n][0] for n in names], hatch=hatch,
+        bars = ax_test.bar(xs, values, width, color=[style(runs[n])[0] for n in names], hatch=hatch,
                            edgecolor="black", alpha=0.8, label=f"{mem} memory")
         for bar, v in zip(bars, values):
             ax_test.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
-                             fontsize=8)
+                             fontsize=7)
     ax_test.set_xticks(range(len(names)))
-    ax_test.set_xticklabels([LABELS[n].replace(", ", ",\n", 1) for n in names], fontsize=7)
+    ax_test.set_xticklabels([runs[n]["name"].replace(", ", ",\n") for n in names], fontsize=6)
     ax_test.set_ylabel("test perplexity (fairseq-eval-lm)")
     ax_test.set_title("WikiText-2 test perplexity")
     ax_test.legend(fontsize=8)

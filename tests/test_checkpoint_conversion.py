@@ -100,7 +100,6 @@ def nvidia_reference(cfg, sd, stream, seg):
     stream ``[B, L]``; returns log p(stream[:, t + 1]) ``[B, L - 1]`` scored ``seg`` at a time."""
     d, H, Dh, div_val = cfg["d_model"], cfg["n_head"], cfg["d_head"], cfg["div_val"]
     bounds = [0] + CUTOFFS + [len(SYMBOLS)]
-    n_tail = len(CUTOFFS)
 
     def cluster_of(t):
         return sum(t >= c for c in CUTOFFS)
@@ -298,4 +297,58 @@ def test_huggingface_conversion_equals_transformers_model(tmp_path, variant):
     assert reference.std() > 1.0
     vmap = cc.map_vocabulary(SYMBOLS, CUTOFFS)
     got = converted_log_probs(model, to_fairseq_ids(stream, vmap.source_id), seg=6)
+    assert torch.allclose(got, reference, atol=1e-5, rtol=1e-5), (got - reference).abs().max()
+
+
+def huggingface_named(cfg, sd):
+    """The NVIDIA-named checkpoint of ``nvidia_checkpoint`` as a ``TransfoXLLMHeadModel`` state dict
+    and config: HF's names, its cluster order (rows of cluster_weight reversed), u/v per layer (the
+    shared ones copied, as untie_r), tied tensors present under both names (as its state_dict())."""
+    hf = {}
+    for key, value in sd.items():
+        if key.startswith(("word_emb.", "layers.", "pos_emb.")):
+            hf["transformer." + key] = value
+        elif key.startswith("crit.out_layers_weights."):
+            hf[f"crit.out_layers.{key.rsplit('.', 1)[1]}.weight"] = value
+        elif key.startswith("crit.out_layers_biases."):
+            hf[f"crit.out_layers.{key.rsplit('.', 1)[1]}.bias"] = value
+        elif key.startswith("crit.cluster_"):
+            hf[key] = value.flip(0)
+        elif key.startswith("crit.out_projs."):
+            hf[key] = value
+    for i, table in enumerate(sd[k] for k in sorted(sd) if k.startswith("word_emb.emb_layers.")):
+        hf.setdefault(f"crit.out_layers.{i}.weight", table)
+        if cfg["tie_projs"][i] and f"word_emb.emb_projs.{i}" in sd:
+            hf[f"crit.out_projs.{i}"] = sd[f"word_emb.emb_projs.{i}"]
+    for l in range(cfg["n_layer"]):
+        hf[f"transformer.layers.{l}.dec_attn.r_w_bias"] = sd["r_w_bias"].clone()
+        hf[f"transformer.layers.{l}.dec_attn.r_r_bias"] = sd["r_r_bias"].clone()
+    return hf, dict(cfg, vocab_size=len(SYMBOLS), untie_r=True)
+
+
+def test_huggingface_state_over_a_fairseq_dictionary_converts_with_ids_unchanged(tmp_path):
+    """fairseq's examples/truncated_bptt wraps a TransfoXLLMHeadModel built on the fairseq
+    dictionary: its state dict maps onto ours id for id (no transformers needed)."""
+    from truncated_bptt.fairseq_checkpoint import build_model
+
+    cfg, sd = nvidia_checkpoint("div_val2_tied", seed=2)
+    hf_state, hf_config = huggingface_named(cfg, sd)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, len(SYMBOLS))]
+    with pytest.raises(ValueError, match="not fairseq's <s> <pad> </s> <unk>"):
+        cc.fairseq_vocabulary(SYMBOLS, CUTOFFS)
+    vmap = cc.fairseq_vocabulary(symbols, CUTOFFS)
+    assert vmap.source_id == list(range(len(symbols))) and vmap.cutoffs == CUTOFFS
+    state, opts = cc.fairseq_state(cc.huggingface_source(hf_state, hf_config, symbols), vmap)
+    assert not opts["tie_r"] and not opts["untie_weight"] and not opts["untie_projs"]
+
+    with open(tmp_path / "dict.txt", "w") as f:
+        f.writelines(f"{w} {c}\n" for w, c in zip(vmap.words, vmap.counts))
+    model, _, _ = build_model(str(tmp_path), cc.model_arguments(opts, len(symbols)),
+                              task_args=["--tokens-per-sample", "6"])
+    model.load_state_dict(state, strict=True)
+    torch.manual_seed(4)
+    stream = torch.randint(2, len(symbols), (2, 17))  # no <pad> (id 1): it is never a target
+    reference = nvidia_reference(cfg, sd, stream, seg=6)
+    assert reference.std() > 1.0
+    got = converted_log_probs(model, stream, seg=6)
     assert torch.allclose(got, reference, atol=1e-5, rtol=1e-5), (got - reference).abs().max()

@@ -225,7 +225,14 @@ def read_huggingface(model_dir: str, vocab: Optional[str] = None, trust_pickle: 
         if not os.path.isfile(pkl):
             raise FileNotFoundError(f"{model_dir} has no vocab.pkl: pass the vocabulary with --vocab")
         symbols, counts = vocab_from_object(load_pickle(pkl, trust_pickle))
+    return huggingface_source(state, cfg, symbols, counts)
 
+
+def huggingface_source(state: Dict[str, Tensor], cfg: Dict[str, object], symbols: List[str],
+                       counts: Optional[List[int]] = None) -> SourceModel:
+    """A ``TransfoXLLMHeadModel``'s ``state_dict()`` (keys ``transformer.*``, ``crit.*``) and its
+    config as a dict (``config.json``, ``TransfoXLConfig.to_dict()``); ``symbols``: its vocabulary
+    in id order."""
     _check_architecture(cfg.get("attn_type", 0), cfg.get("sample_softmax", -1), cfg.get("adaptive", True))
     n_layer, div_val = cfg["n_layer"], cfg["div_val"]
     d_model, d_embed = cfg["d_model"], cfg.get("d_embed", cfg["d_model"])
@@ -241,7 +248,7 @@ def read_huggingface(model_dir: str, vocab: Optional[str] = None, trust_pickle: 
     embed_projs = _indexed(state, "transformer.word_emb.emb_projs.")
     out_projs = _indexed(state, "crit.out_projs.")  # absent entries: no projection
     return SourceModel(
-        symbols=symbols, counts=counts, options=options, embed_tables=tables,
+        symbols=list(symbols), counts=counts, options=options, embed_tables=tables,
         embed_projs=[embed_projs[i] for i in sorted(embed_projs)],
         # save_pretrained may drop tied copies: those are the input tables
         out_weights=[state.get(f"crit.out_layers.{i}.weight", t) for i, t in enumerate(tables)],
@@ -363,6 +370,18 @@ def map_vocabulary(symbols: List[str], cutoffs: List[int], counts: Optional[List
         word_counts.append(counts[idx] if counts else len(symbols) - idx)
     shift = FAIRSEQ_SPECIALS - len(mapped)
     return VocabularyMap(source_id, words, word_counts, [c + shift for c in cutoffs])
+
+
+def fairseq_vocabulary(symbols: List[str], cutoffs: List[int],
+                       counts: Optional[List[int]] = None) -> VocabularyMap:
+    """The identity map of a source whose vocabulary already is a fairseq dictionary (``symbols``:
+    ``Dictionary.symbols``, ids 0-3 the specials), as fairseq's own examples/truncated_bptt models."""
+    if list(symbols[:FAIRSEQ_SPECIALS]) != ["<s>", "<pad>", "</s>", "<unk>"]:
+        raise ValueError(f"the source vocabulary starts with {list(symbols[:FAIRSEQ_SPECIALS])}, not "
+                         "fairseq's <s> <pad> </s> <unk>: map it with map_vocabulary instead")
+    n = len(symbols)
+    word_counts = counts[FAIRSEQ_SPECIALS:] if counts else [n - i for i in range(FAIRSEQ_SPECIALS, n)]
+    return VocabularyMap(list(range(n)), list(symbols[FAIRSEQ_SPECIALS:]), list(word_counts), list(cutoffs))
 
 
 # ----------------------------------------------------------------------------- conversion
