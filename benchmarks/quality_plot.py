@@ -5,7 +5,7 @@ budget marked. Middle: the same against updates. Right: test perplexity (fairseq
 long memory for each run.
 
 Colour says which model and initial weights (red: the example; purple: ours from the example's
-initial weights; blue: ours from its own init, other seeds than 1 paler), line style which budget
+initial weights; blue: ours from its own init; seeds other than 1 paler), line style which budget
 (solid: wall-clock, dashed: the example's number of updates).
 """
 from typing import Dict, Tuple
@@ -17,7 +17,7 @@ def style(run: Dict) -> Tuple[str, str, float]:
         color = "tab:red"
     else:
         color = "tab:purple" if run["init"] == "example" else "tab:blue"
-    pale = run["init"] == "own" and run["seed"] != 1
+    pale = run["init"] == "own" and run["seed"] != 1  # further seeds of either side
     return color, "-" if run["budget"] == "time" else "--", 0.4 if pale else 1.0
 
 

@@ -113,3 +113,29 @@ def test_train_log_parsing():
         {"update": 20, "ppl": 1024.0, "wall": 21.0, "wps": 1100.0},
     ]
     assert compare.final_updates(text) == 23
+
+
+def quality_run(impl, budget, seed, init, ppl):
+    return {"impl": impl, "budget": budget, "seed": seed, "init": init, "updates": 250,
+            "test": {"short": {"ppl": ppl}}}
+
+
+@pytest.mark.parametrize("example_ppls, ours_ppls, agree", [
+    ([500.0, 520.0, 480.0], [490.0, 510.0, 505.0], True),   # overlapping seed spreads
+    ([800.0, 1017.0, 1030.0], [668.0, 591.0, 562.0], False),  # separated (this machine, 2026-11-22)
+    ([500.0], [450.0, 520.0, 480.0], True),                 # one example run inside our range
+    ([800.0], [668.0, 591.0, 686.0], False),
+])
+def test_equal_updates_verdict_compares_both_seed_spreads(example_ppls, ours_ppls, agree):
+    runs = {"example-time": quality_run("example", "time", 1, "example", example_ppls[0])}
+    for seed, ppl in enumerate(example_ppls[1:], start=2):
+        runs[f"example-updates-seed{seed}"] = quality_run("example", "updates", seed, "own", ppl)
+    runs["ours-updates-example-init"] = quality_run("ours", "updates", 1, "example", ours_ppls[0])
+    for seed, ppl in enumerate(ours_ppls[1:], start=1):
+        runs[f"ours-updates-seed{seed}"] = quality_run("ours", "updates", seed, "own", ppl)
+    runs["ours-time"] = quality_run("ours", "time", 1, "own", 100.0)  # not at equal updates: ignored
+    sentence = compare.same_init_agreement(runs)
+    assert ("the two agree" in sentence) == agree and ("NOT shown to agree" in sentence) == (not agree)
+    assert compare.run_name(runs["example-time"]) == "example, time budget"
+    if len(example_ppls) > 1:
+        assert compare.run_name(runs["example-updates-seed2"]) == "example, same updates, own init seed 2"
