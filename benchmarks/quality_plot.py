@@ -6,7 +6,8 @@ long memory for each run.
 
 Colour says which model and initial weights (red: the example; purple: ours from the example's
 initial weights; blue: ours from its own init; seeds other than 1 paler), line style which budget
-(solid: wall-clock, dashed: the example's number of updates).
+(solid: wall-clock, dashed: the example's number of updates; dotted: the same with HuggingFace's zero
+initial memory).
 """
 from typing import Dict, Tuple
 
@@ -18,7 +19,8 @@ def style(run: Dict) -> Tuple[str, str, float]:
     else:
         color = "tab:purple" if run["init"] == "example" else "tab:blue"
     pale = run["init"] == "own" and run["seed"] != 1  # further seeds of either side
-    return color, "-" if run["budget"] == "time" else "--", 0.4 if pale else 1.0
+    line = "-" if run["budget"] == "time" else (":" if run.get("hf_memory") else "--")
+    return color, line, 0.4 if pale else 1.0
 
 
 def plot_quality(quality: Dict, path: str) -> None:

@@ -139,3 +139,16 @@ def test_equal_updates_verdict_compares_both_seed_spreads(example_ppls, ours_ppl
     assert compare.run_name(runs["example-time"]) == "example, time budget"
     if len(example_ppls) > 1:
         assert compare.run_name(runs["example-updates-seed2"]) == "example, same updates, own init seed 2"
+
+
+def test_the_run_with_huggingface_initial_memory_is_reported_beside_the_verdict():
+    runs = {"example-time": quality_run("example", "time", 1, "example", 800.0),
+            "ours-updates-example-init": quality_run("ours", "updates", 1, "example", 668.0),
+            "ours-updates-example-init-hf-memory": {**quality_run("ours", "updates", 1, "example", 790.0),
+                                                    "hf_memory": True},
+            "ours-updates": quality_run("ours", "updates", 1, "own", 591.0)}
+    sentence = compare.same_init_agreement(runs)
+    assert "ours 591.00 .. 668.00 over 2 runs" in sentence  # the HF-memory run is not one of ours' seeds
+    assert ("ours reaches 790.00 against the example's 800.00 (ours / example - 1 = -1.2%), outside the "
+            "example's range (800.00 .. 800.00)") in sentence
+    assert compare.run_name(runs["ours-updates-example-init-hf-memory"]).endswith("and HF's zero initial memory")

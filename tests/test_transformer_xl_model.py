@@ -336,3 +336,19 @@ def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp
     )
     cfg = models[0].decoder.cfg
     assert (cfg.mem_len, cfg.clamp_len, cfg.same_length) == (64, 4, True)
+
+
+def test_zero_initial_memory_starts_streams_like_huggingface():
+    """--zero-initial-memory: segment 0 attends to mem_len zero vectors (HuggingFace's TransfoXL);
+    by default it starts with empty memory (the authors, NVIDIA)."""
+    seg = tokens(2, 6)
+    with torch.no_grad():
+        plain = small_decoder().eval()
+        zero = small_decoder(zero_initial_memory=True).eval()
+        empty_out, _ = plain(seg, memory_key="valid", segment_index=0)
+        zero_out, _ = zero(seg, memory_key="valid", segment_index=0)
+        explicit, _ = plain._run(seg, {f"layer_{i}": torch.zeros(2, 16, 16) for i in range(2)})
+    torch.testing.assert_close(zero_out, explicit)
+    torch.testing.assert_close(empty_out, plain._run(seg, None)[0])
+    assert not torch.allclose(zero_out, empty_out)
+    assert zero.get_stream_memory("valid")[0].shape == (2, 16, 16)  # 10 zeros + 6 new positions

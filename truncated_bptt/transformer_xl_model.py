@@ -88,6 +88,11 @@ class TransformerXLConfig(FairseqDataclass):
     offload_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations and keep the saved ones on CPU"}
     )
+    zero_initial_memory: bool = field(
+        default=False, metadata={"help": "start every stream with mem_len zero vectors of memory, as "
+                                         "HuggingFace's TransfoXL (and so fairseq's example) does; "
+                                         "default: empty memory, as the authors and NVIDIA"}
+    )
     tokens_per_sample: int = II("task.tokens_per_sample")
 
 
@@ -247,6 +252,9 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
                 self._warned_missing.add(key)
                 logger.warning(f"segment {int(segment_index)} of stream set '{key}' has no memory "
                                "(e.g. resumed without it); starting with empty memory")
+        if state is None and getattr(self.cfg, "zero_initial_memory", False) and self.cfg.mem_len > 0:
+            zeros = torch.zeros(tokens.size(0), self.cfg.mem_len, self.cfg.d_model, device=tokens.device)
+            state = {f"layer_{i}": zeros for i in range(len(self.layers))}
         if state is not None and state["layer_0"].size(0) != tokens.size(0):
             raise ValueError(
                 f"stream set '{key}' has memory for {state['layer_0'].size(0)} streams but the batch "
