@@ -120,21 +120,12 @@ class ScorerLayer(nn.Module):
 
 
 def softmax_cluster_params(softmax) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-    """(weight, bias, projection or None) of each cluster of a ProjectedAdaptiveSoftmax, from its
-    parameters; the head's weight/bias get one row per tail cluster appended (in cluster order)."""
-    bounds = softmax.bounds
-    params = []
-    for i in range(len(bounds) - 1):
-        if softmax.div_val == 1:
-            layer = softmax.out_layers[0]
-            weight, bias = layer.weight[bounds[i]:bounds[i + 1]], layer.bias[bounds[i]:bounds[i + 1]]
-        else:
-            weight, bias = softmax.out_layers[i].weight, softmax.out_layers[i].bias
-        if i == 0 and softmax.n_clusters > 0:
-            weight = torch.cat([weight, softmax.cluster_weight])
-            bias = torch.cat([bias, softmax.cluster_bias])
-        proj = softmax.out_projs[i] if len(softmax.out_projs) > 0 else None
-        params.append((weight, bias, proj))
+    """(weight, bias, projection or None) of each cluster of a ProjectedAdaptiveSoftmax; the head's
+    weight/bias get one row per tail cluster appended (in cluster order), as the scorer expects."""
+    params = softmax._cluster_params()
+    if softmax.n_clusters > 0:
+        weight, bias, proj = params[0]
+        params[0] = (torch.cat([weight, softmax.cluster_weight]), torch.cat([bias, softmax.cluster_bias]), proj)
     return params
 
 
