@@ -1,15 +1,7 @@
 """examples/fairseq_logs.py and the plotting scripts, on log lines fairseq really writes."""
-import os
-import sys
-
 import pytest
 
-from fairseq_cli import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-import fairseq_logs  # noqa: E402
-import mem_len_sweep  # noqa: E402
-import plot_training_curves  # noqa: E402
+from examples import fairseq_logs, mem_len_sweep, plot_training_curves
 
 # Lines as fairseq-train (plain logging) and fairseq-hydra-train (hydra's format) print them.
 SIMPLE = """\
@@ -18,6 +10,7 @@ SIMPLE = """\
 2026-11-21 22:10:39 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 4.339 | ppl 20.24 | wps 31941.9 | wpb 1010 | bsz 16 | num_updates 196
 2026-11-21 22:10:40 | INFO | train | epoch 001 | loss 6.417 | ppl 85.42 | wps 5402.9 | ups 5.29 | wpb 1020.7 | bsz 16 | num_updates 196 | lr 0.00263411
 [2026-11-21 22:29:07,931][train_inner][INFO] - epoch 001:      2 / 196 loss=10.012, ppl=1032.57, wps=4785.8, ups=4.67, wpb=1024, bsz=16, num_updates=200, lr=6e-05, gnorm=0.874, clip=100, train_wall=0, wall=8
+[2026-11-21 22:29:09,101][train][INFO] - epoch 002 | loss 5.512 | ppl 45.63 | wps 5102.2 | ups 4.98 | wpb 1020.7 | bsz 16 | num_updates 392 | lr 0.00211 | gnorm 0.61 | clip 100 | train_wall 38 | wall 80
 """
 JSON = """\
 [2026-11-21 22:08:36,904][train_inner][INFO] - {"epoch": 1, "update": 0.008, "loss": "5.945", "ppl": "61.61", "wps": "1096.8", "num_updates": "2", "lr": "0.0005"}
@@ -39,20 +32,48 @@ def test_simple_format(tmp_path):
     assert records["train"][0]["lr"] == 0.0015
     assert [(r["num_updates"], r["loss"], r["subset"]) for r in records["valid"]] == [
         (196, 4.339, "valid")]
+    assert [(r["num_updates"], r["loss"]) for r in records["epoch"]] == [(196, 6.417), (392, 5.512)]
+    assert fairseq_logs.final_update(records) == 392
 
 
 def test_json_format(tmp_path):
     records = fairseq_logs.read_training_log(_write(tmp_path, JSON))
     assert [(r["num_updates"], r["ppl"]) for r in records["train"]] == [(2, 61.61), (4, 55.42)]
     assert [(r["num_updates"], r["ppl"]) for r in records["valid"]] == [(2, 56.49)]
+    assert [(r["num_updates"], r["loss"]) for r in records["epoch"]] == [(4, 5.869)]
+    assert records == fairseq_logs.parse_training_log(JSON)  # a file or the text itself
+
+
+def test_values_by_update_and_final_update():
+    records = fairseq_logs.parse_training_log(SIMPLE + JSON)
+    assert fairseq_logs.by_update(records["train"]) == {50: 9.034, 200: 10.012, 2: 5.945, 4: 5.792}
+    assert fairseq_logs.by_update(records["train"], "lr") == {50: 0.0015, 200: 6e-05, 2: 0.0005,
+                                                              4: 0.0001}
+    assert fairseq_logs.by_update(records["valid"], "ppl") == {196: 20.24, 2: 56.49}
+    assert fairseq_logs.final_update(records) == 392
+    with pytest.raises(ValueError, match="no training, validation or epoch record"):
+        fairseq_logs.final_update(fairseq_logs.parse_training_log("Traceback ..."))
 
 
 def test_eval_lm_summary():
     out = ("... | fairseq_cli.eval_lm | Evaluated 245,569 tokens in 83.1s (2956.82 tokens/s)\n"
            "... | fairseq_cli.eval_lm | Loss (base 2): 4.5668, Perplexity: 23.70\n")
-    assert fairseq_logs.parse_eval_lm(out) == {"loss": 4.5668, "ppl": 23.70}
+    assert fairseq_logs.parse_eval_lm(out) == {
+        "loss": 4.5668, "ppl": 23.70, "tokens": 245569, "seconds": pytest.approx(245569 / 2956.82),
+        "tokens_per_s": 2956.82}
     with pytest.raises(ValueError, match="Perplexity"):
         fairseq_logs.parse_eval_lm("crashed")
+    with pytest.raises(ValueError, match="Evaluated N tokens"):
+        fairseq_logs.parse_eval_lm(out.splitlines()[1])
+
+
+def test_word_probs():
+    out = ("2026-11-21 22:10:24 | INFO | fairseq_cli.eval_lm | 4 v0 [-6.440215]\tv1 [-0.5]\t</s> [-1e-05]\n"
+           "2026-11-21 22:10:24 | INFO | fairseq_cli.eval_lm | num. model params: 1,234\n"
+           "INFO:fairseq_cli.eval_lm:0 e0 [-7.000000]\n"
+           "2026-11-21 22:10:25 | INFO | fairseq_cli.eval_lm | 4 v2 [-2.25]\n")
+    assert fairseq_logs.parse_word_probs(out) == {
+        4: [("v0", -6.440215), ("v1", -0.5), ("</s>", -1e-05), ("v2", -2.25)], 0: [("e0", -7.0)]}
 
 
 def test_plots_are_pngs(tmp_path):
