@@ -20,8 +20,10 @@ share a process: ours runs in .venv/py310 with `--user-dir <repo>/truncated_bptt
 .venv/bench-example (scripts/setup_bench_env.sh) with `--user-dir <its site-packages>/fairseq/examples/
 truncated_bptt`. Usually started through `bash benchmarks/run.sh`, which makes that environment first.
 
-    .venv/py310/bin/python benchmarks/compare.py --text-dir ../shared/data/wikitext-2
-    .venv/py310/bin/python benchmarks/compare.py --parts speed          # only the speed table
+    .venv/py310/bin/python -m benchmarks.compare --text-dir ../shared/data/wikitext-2
+    .venv/py310/bin/python -m benchmarks.compare --parts speed          # only the speed table
+
+(from the repository root: ``benchmarks`` and ``examples`` are packages there).
 
 Writes benchmarks/results/cpu-<UTC time>.{json,md} (+ .png for quality) and prints the tables.
 """
@@ -32,7 +34,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -40,11 +41,11 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from benchmarks.flops import XLShape, eval_forward_flops, train_step_flops
+from examples.fairseq_logs import final_update, parse_eval_lm, parse_training_log
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-sys.path.insert(0, BENCH)
-
-from flops import XLShape, eval_forward_flops, train_step_flops  # noqa: E402
 
 OURS = "ours"
 EXAMPLE = "example"
@@ -323,16 +324,17 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
         res = run_cmd(cmd, path, threads)
         entry = {"impl": name, "batch": streams, "dtype": dtype, "log": os.path.relpath(path, ROOT),
                  "rc": res["rc"], "max_rss_mb": res["max_rss_mb"]}
-        m = re.search(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)", res["output"])
-        lm = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", res["output"])
-        if res["rc"] != 0 or not m:
+        try:
+            scored = parse_eval_lm(res["output"]) if res["rc"] == 0 else None
+        except ValueError:
+            scored = None
+        if scored is None:
             entry["error"] = res["output"].strip().splitlines()[-1][:300] if res["output"].strip() else "no output"
         else:
-            n_tokens = int(m.group(1).replace(",", ""))
-            # fairseq prints the seconds with one decimal: derive them from tokens/s (two decimals).
-            entry.update(tokens=n_tokens, seconds=n_tokens / float(m.group(3)), tokens_per_s=float(m.group(3)),
-                         loss=float(lm.group(1)) if lm else None)
-            flops = eval_forward_flops(shape, n_tokens, streams, EVAL_TPS, EVAL_MEM, eval_counts)
+            # (the seconds are derived from fairseq's tokens/s, which it prints with more digits)
+            entry.update(tokens=scored["tokens"], seconds=scored["seconds"],
+                         tokens_per_s=scored["tokens_per_s"], loss=scored["loss"])
+            flops = eval_forward_flops(shape, scored["tokens"], streams, EVAL_TPS, EVAL_MEM, eval_counts)
             entry["model_flops_per_s"] = flops / entry["seconds"]
         entries.append(entry)
     results["eval"] = best_rounds(entries)
@@ -381,24 +383,15 @@ def quality_flags(args, seed: int = 1) -> List[str]:
 
 
 def train_log(text: str) -> List[Dict]:
-    """The train_inner json records of a fairseq-train log (update, ppl, wall seconds)."""
-    rows = []
-    for line in text.splitlines():
-        if "| train_inner |" in line:
-            try:
-                rec = json.loads(line.split("| train_inner |", 1)[1])
-            except ValueError:
-                continue
-            rows.append({"update": int(rec["num_updates"]), "ppl": float(rec["ppl"]),
-                         "wall": float(rec["wall"]), "wps": float(rec["wps"])})
-    return rows
+    """The training curve of a fairseq-train log: its train_inner records' update, ppl, wall
+    seconds and words/s."""
+    return [{"update": int(r["num_updates"]), "ppl": r["ppl"], "wall": r["wall"], "wps": r["wps"]}
+            for r in parse_training_log(text)["train"]]
 
 
 def final_updates(text: str) -> int:
-    found = re.findall(r"num_updates\D+(\d+)", text)
-    if not found:
-        raise ValueError("no num_updates in the training log")
-    return int(found[-1])
+    """The number of updates a fairseq-train log reached (its last record of any kind)."""
+    return final_update(parse_training_log(text))
 
 
 def initial_weights(sides: Dict[str, Side], data: str, work: str, flags: List[str], threads: int) -> Dict[str, str]:
@@ -471,10 +464,9 @@ def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results:
                                  "--required-batch-size-multiple", "1",
                                  "--tokens-per-sample", str(mem["tps"]), "--model-overrides", overrides],
                                 path, threads), f"fairseq-eval-lm {label} {mem_name}", path)
-            lm = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", res["output"])
-            m = re.search(r"Evaluated ([\d,]+) tokens", res["output"])
-            run["test"][mem_name] = {"ppl": float(lm.group(2)), "loss_base2": float(lm.group(1)),
-                                     "tokens": int(m.group(1).replace(",", "")), **mem}
+            scored = parse_eval_lm(res["output"])
+            run["test"][mem_name] = {"ppl": scored["ppl"], "loss_base2": scored["loss"],
+                                     "tokens": scored["tokens"], **mem}
     results["quality"] = {"budget_minutes": args.budget_minutes, "flags": flags, "test_split": test_split,
                           "eval_streams": args.quality_eval_streams, "runs": runs,
                           "initial_weights": {k: os.path.relpath(v, ROOT) for k, v in init.items()}}
@@ -687,7 +679,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     sides = {OURS: Side(OURS, args.ours_venv, os.path.join(ROOT, "truncated_bptt")),
              EXAMPLE: Side(EXAMPLE, args.example_venv)}
-    results = {"started": f"{started:%Y-%m-%d %H:%M:%S}", "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+    results = {"started": f"{started:%Y-%m-%d %H:%M:%S}", "command": " ".join(["python -m benchmarks.compare"] + sys.argv[1:]),
                "machine": machine_description(args.threads), "work_dir": os.path.relpath(work, ROOT),
                "sides": {k: {"venv": os.path.relpath(s.venv, ROOT), "user_dir": s.user_dir} for k, s in sides.items()}}
     data = prepare_data(args.text_dir, args.eval_speed_tokens, args.quality_test_tokens, sides[OURS])
@@ -700,7 +692,7 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     base = os.path.join(args.out_dir, f"cpu-{stamp}")
     if "quality" in parts:
-        from quality_plot import plot_quality
+        from benchmarks.quality_plot import plot_quality
 
         plot_quality(results["quality"], base + ".png")
         results["plot"] = os.path.relpath(base + ".png", ROOT)

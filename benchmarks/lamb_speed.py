@@ -15,18 +15,16 @@ Compares, on identical random parameters and gradients:
   one-off compile time is reported separately and not included in the step time.
 
 Prints the median step time of each and its speed-up over ``loop``. Not a test (timings depend on
-the machine); e.g. ``OMP_NUM_THREADS=1 python benchmarks/lamb_speed.py --repeat 5``.
+the machine); e.g. ``OMP_NUM_THREADS=1 python -m benchmarks.lamb_speed --repeat 5`` from the
+repository root (which puts this checkout's ``truncated_bptt`` first on the path).
 """
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from truncated_bptt.nvidia_lamb import NvidiaLamb  # noqa: E402
+from truncated_bptt.nvidia_lamb import NvidiaLamb
 
 
 def nvidia_base_shapes(n_layer=16, d_model=512, n_head=8, d_head=64, d_inner=2048,

@@ -5,8 +5,10 @@ with memory) and for evaluation-style scoring (no grad):
 tokens/s, peak memory, FLOPs per step (counted by torch's FlopCounterMode) and the achieved fraction of
 the matmul FLOP/s measured in the same process with the same thread count.
 
-    .venv/py310/bin/python benchmarks/model_speed.py            # CPU, 2 threads, fp32
-    .venv/py310/bin/python benchmarks/model_speed.py --device cuda --steps 50
+    .venv/py310/bin/python -m benchmarks.model_speed            # CPU, 2 threads, fp32
+    .venv/py310/bin/python -m benchmarks.model_speed --device cuda --steps 50
+
+(from the repository root, which puts this checkout's ``truncated_bptt`` first on the path).
 
 Default config (the issue's): 4 layers, d_model 256, 4 heads x 64, d_inner 1024,
 tokens_per_sample 128, mem_len 128, batch 8, WikiText-2's vocabulary (33,278 types + 4 fairseq
@@ -17,16 +19,13 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fairseq.data import Dictionary
 
-from fairseq.data import Dictionary  # noqa: E402
-
-from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder  # noqa: E402
+from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
 
 WT2_TYPES = 33278
 

@@ -6,7 +6,7 @@
 #   bash benchmarks/run.sh --text-dir DIR                    # any directory with train/valid/test.txt
 #   bash benchmarks/run.sh --parts speed                     # only speed (about 6 minutes on 2 cores)
 #
-# Arguments go to benchmarks/compare.py (see --help there). Results: benchmarks/results/cpu-<time>.md,
+# Arguments go to benchmarks/compare.py (`bash benchmarks/run.sh --help`). Results: benchmarks/results/cpu-<time>.md,
 # .json and .png; the logs of every fairseq command: runs/bench/<time>/.
 # Makes the separate benchmark environment .venv/bench-example first (scripts/setup_bench_env.sh).
 # Run it on an otherwise idle machine: every figure is a wall-clock measurement.
@@ -15,4 +15,4 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 [ -x .venv/py310/bin/python ] || bash scripts/setup_env.sh py310
 bash scripts/setup_bench_env.sh
-exec .venv/py310/bin/python benchmarks/compare.py "$@"
+exec .venv/py310/bin/python -m benchmarks.compare "$@"  # (a package of the repository root)

@@ -1,8 +1,10 @@
 """Perplexity versus memory length: fairseq-eval-lm at several ``mem_len`` (CSV + PNG).
 
-    python examples/mem_len_sweep.py data-bin/wikitext-103 checkpoints/wt103_base/checkpoint_best.pt \\
+    python -m examples.mem_len_sweep data-bin/wikitext-103 checkpoints/wt103_base/checkpoint_best.pt \\
         --mem-lens 0 64 160 320 640 --tokens-per-sample 64 --clamp-len 400 --same-length \\
         --out-dir runs/sweep_base
+
+(from the repository root: ``examples`` is a package there).
 
 Each point is one fairseq-eval-lm run of the same checkpoint with
 ``--model-overrides "{'mem_len': M, 'clamp_len': C, 'same_length': S}"`` (``same_length`` only
@@ -16,9 +18,8 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fairseq_logs import parse_eval_lm  # noqa: E402
-from figures import finish_and_save  # noqa: E402
+from examples.fairseq_logs import parse_eval_lm
+from examples.figures import finish_and_save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_USER_DIR = os.path.join(REPO, "truncated_bptt")

@@ -1,19 +1,19 @@
 """Plot training and validation perplexity against updates from fairseq training logs (PNG).
 
-    python examples/plot_training_curves.py checkpoints/wt103_base/train.log --out curves.png
-    python examples/plot_training_curves.py run_a.log run_b.log --labels lamb adam --out cmp.png
+    python -m examples.plot_training_curves checkpoints/wt103_base/train.log --out curves.png
+    python -m examples.plot_training_curves run_a.log run_b.log --labels lamb adam --out cmp.png
+
+(from the repository root: ``examples`` is a package there).
 
 Any log fairseq writes works: a captured stdout, ``--log-file`` / ``common.log_file``, or hydra's
 ``hydra_train.log``, in ``simple``, ``tqdm`` or ``json`` log format (see ``fairseq_logs.py``).
 """
 import argparse
 import os
-import sys
 from typing import Dict, List, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fairseq_logs import read_training_log  # noqa: E402
-from figures import finish_and_save  # noqa: E402
+from examples.fairseq_logs import read_training_log
+from examples.figures import finish_and_save
 
 
 def plot_training_curves(runs: Dict[str, Dict[str, List[Dict]]], out_png: str,

@@ -9,4 +9,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup_env.sh" py310
+# quickstart.py imports the repository's `examples` package (examples.fairseq_logs, ...), found
+# through PYTHONPATH. Run by its path, not with -m, so that the directory you are in (where a
+# relative --out-dir points) is not searched for modules.
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 exec "$root/.venv/py310/bin/python" "$root/examples/quickstart/quickstart.py" "$@"

@@ -4,17 +4,12 @@ benchmarks/flops.py is checked against torch's FLOP counter on a deliberately na
 layer and adaptive softmax written out below; benchmarks/compare.py's per-cluster target counts
 against fairseq's own binarization, and its log parsing against fairseq-train's json log lines.
 """
-import os
-import sys
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import compare  # noqa: E402
-from flops import (  # noqa: E402
+from benchmarks import compare
+from benchmarks.flops import (
     XLShape,
     eval_forward_flops,
     forward_flops,

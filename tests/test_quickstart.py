@@ -6,13 +6,8 @@ import sys
 
 import pytest
 
+from examples.quickstart import make_corpus, quickstart
 from fairseq_cli import ROOT, cli_env
-
-QUICKSTART = os.path.join(ROOT, "examples", "quickstart")
-sys.path.insert(0, QUICKSTART)
-sys.path.insert(0, os.path.dirname(QUICKSTART))
-import make_corpus  # noqa: E402
-import quickstart  # noqa: E402
 
 
 def _documents(lines):
@@ -81,11 +76,14 @@ def test_quickstart_fails_when_memory_does_not_help(tmp_path, monkeypatch, capsy
 
 
 def test_quickstart_runs_and_memory_lowers_perplexity(tmp_path):
-    """The real pipeline (fewer updates): preprocess, fairseq-train, fairseq-eval-lm, plots."""
+    """The real pipeline (fewer updates): preprocess, fairseq-train, fairseq-eval-lm, plots; run
+    as scripts/quickstart.sh runs it (by its path, the repository root on PYTHONPATH)."""
     out = tmp_path / "qs"
     proc = subprocess.run(
-        [sys.executable, os.path.join(QUICKSTART, "quickstart.py"), "--fast", "--out-dir", str(out)],
-        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+        [sys.executable, os.path.join(ROOT, "examples", "quickstart", "quickstart.py"), "--fast",
+         "--out-dir", str(out)],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600,
     )
     log = proc.stdout
     assert proc.returncode == 0, log[-4000:]

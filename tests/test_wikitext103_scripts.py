@@ -7,11 +7,10 @@ import sys
 
 import pytest
 
+from examples.wikitext103 import batch_overrides
 from fairseq_cli import ROOT, cli_env, run, write_lines
 
 SCRIPTS = os.path.join(ROOT, "examples", "wikitext103")
-sys.path.insert(0, SCRIPTS)
-import batch_overrides  # noqa: E402
 
 VENV = os.path.dirname(os.path.dirname(sys.executable))  # the stack running the tests
 WORDS = "the cat sat on a mat and the dog lay by a log".split()

@@ -1,7 +1,8 @@
 """Offline quickstart: watch Transformer-XL's memory at work in a few CPU minutes, no data needed.
 
     bash scripts/quickstart.sh                        # sets up .venv/py310, then runs this
-    .venv/py310/bin/python examples/quickstart/quickstart.py [--out-dir runs/quickstart] [--fast]
+    .venv/py310/bin/python -m examples.quickstart.quickstart [--out-dir runs/quickstart] [--fast]
+                                                      # (from the repository root)
 
 1. writes a synthetic corpus (``make_corpus.py``): documents whose topic words, announced in the
    title, recur for hundreds of tokens, far beyond one training segment;
@@ -22,16 +23,12 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.dirname(HERE)
-REPO = os.path.dirname(EXAMPLES)
-sys.path.insert(0, HERE)
-sys.path.insert(0, EXAMPLES)
-from make_corpus import make_corpus, write_corpus  # noqa: E402
-from fairseq_logs import read_training_log  # noqa: E402
-from mem_len_sweep import plot_sweep, sweep, write_csv  # noqa: E402
-from plot_training_curves import plot_training_curves  # noqa: E402
+from examples.fairseq_logs import parse_record, read_training_log
+from examples.mem_len_sweep import plot_sweep, sweep, write_csv
+from examples.plot_training_curves import plot_training_curves
+from examples.quickstart.make_corpus import make_corpus, write_corpus
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "truncated_bptt")
 BIN = os.path.dirname(sys.executable)  # the venv's console scripts, next to its python
 
@@ -91,7 +88,7 @@ def run_showing_progress(command, env):
                           text=True, bufsize=1) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-60:]
-            if any(tag in line for tag in ("| train_inner |", "| valid |", "| train |")):
+            if parse_record(line) is not None:  # a training, validation or epoch record
                 print("  " + line.split(" | ", 3)[-1].rstrip(), flush=True)
     if proc.returncode != 0:
         sys.exit(f"quickstart: {shlex.join(command)} failed:\n{''.join(tail)}")
