@@ -4,7 +4,6 @@ fairseq-eval-lm loads directly."""
 import math
 import os
 import pickle
-import re
 import subprocess
 import sys
 import types
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from examples.fairseq_logs import parse_eval_lm
 from fairseq_cli import ROOT, USER_DIR, cli_env, run
 from inference_models import binarize, stream_segments
 from truncated_bptt import checkpoint_conversion as cc
@@ -243,7 +243,7 @@ def test_convert_cli_then_fairseq_eval_lm_scores_like_the_source(tmp_path):
     log = run("fairseq-eval-lm", out, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
               "--path", os.path.join(out, "model.pt"), "--gen-subset", "test", "--batch-size", "1",
               "--tokens-per-sample", "6", "--cpu")
-    loss = float(re.search(r"Loss \(base 2\): ([0-9.]+)", log).group(1))
+    loss = parse_eval_lm(log)["loss"]
     # The source reads the same text as fairseq: "<eos>" then each line followed by "<eos>".
     words = ["<eos>"] + [w for line in lines for w in line.split() + ["<eos>"]]
     stream = torch.tensor([[SYMBOLS.index(w) for w in words]])

@@ -6,7 +6,6 @@ with only the model shrunk (and the data, paths and device overridden): optimize
 criterion, task, precision flags and clipping are the recipe's own.
 """
 import argparse
-import json
 import math
 import os
 import re
@@ -14,6 +13,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
+from examples.fairseq_logs import parse_training_log
 from fairseq_cli import ROOT, preprocess, run, write_lines
 
 CONFIGS = os.path.join(ROOT, "configs")
@@ -123,14 +123,6 @@ def tiny_data(tmp_path_factory):
     return str(root / "data-bin")
 
 
-def _train_records(log):
-    records = []
-    for line in log.splitlines():
-        if "train_inner" in line and "{" in line:
-            records.append(json.loads(line[line.index("{"):]))
-    return records
-
-
 @pytest.mark.parametrize("name", sorted(SPEC))
 def test_recipe_runs_with_fairseq_hydra_train(name, tiny_data, tmp_path):
     cfg, spec = load(name), SPEC[name]
@@ -144,11 +136,11 @@ def test_recipe_runs_with_fairseq_hydra_train(name, tiny_data, tmp_path):
         overrides.append("common.fp16=false")  # fairseq's flat fp16 path needs a GPU
     log = run("fairseq-hydra-train", "--config-dir", CONFIGS, "--config-name", name, *overrides,
               cwd=str(tmp_path))
-    records = _train_records(log)
+    records = parse_training_log(log)["train"]
     assert [int(r["num_updates"]) for r in records] == [1, 2], log[-3000:]
-    assert all(math.isfinite(float(r["loss"])) for r in records)
+    assert all(math.isfinite(r["loss"]) for r in records)
     if spec["scheduler"] == "cosine_warmup":  # the recipe's peak lr and warmup reached the run
-        assert float(records[1]["lr"]) == pytest.approx(spec["lr"] * 2 / spec["warmup"], rel=1e-3)
+        assert records[1]["lr"] == pytest.approx(spec["lr"] * 2 / spec["warmup"], rel=1e-3)
     # The plugin's criterion (not fairseq's full-softmax cross_entropy) computed the loss.
     assert re.search(r"criterion: \w*AdaptiveCrossEntropy", log), log[-3000:]
     # Outputs land where the recipe says: checkpoints, hydra's record and the log file.

@@ -3,11 +3,10 @@
 A tiny periodic corpus is learnable in a few dozen CPU updates, so the test can check that training
 really learns (loss falls) and that fairseq-eval-lm scores exactly the test split's tokens.
 """
-import json
 import math
 import os
-import re
 
+from examples.fairseq_logs import parse_eval_lm, parse_training_log
 from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
 
 WORDS = "the cat sat on a mat and the dog lay by a log".split()
@@ -21,16 +20,6 @@ def _corpus(n_lines, seed):
         lines.append(" ".join(WORDS[(k + j) % len(WORDS)] for j in range(length)))
         k += length
     return lines
-
-
-def _train_losses(log):
-    """Per-update training losses from fairseq's --log-format json --log-interval 1 output."""
-    losses = []
-    for line in log.splitlines():
-        m = re.search(r"\| INFO \| train_inner \| (\{.*\})", line)
-        if m:
-            losses.append(float(json.loads(m.group(1))["loss"]))
-    return losses
 
 
 def test_preprocess_train_eval(tmp_path):
@@ -52,7 +41,7 @@ def test_preprocess_train_eval(tmp_path):
         "--save-dir", ckpt, "--no-epoch-checkpoints", "--seed", 1, "--cpu",
         cwd=ROOT,
     )
-    losses = _train_losses(log)
+    losses = [r["loss"] for r in parse_training_log(log)["train"]]  # one per update (--log-interval 1)
     assert len(losses) == 40, log[-3000:]
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
@@ -66,10 +55,9 @@ def test_preprocess_train_eval(tmp_path):
         cwd=tmp_path,
     )
     n_tokens = sum(len(line.split()) + 1 for line in test_lines)  # words + end-of-line symbol
-    m = re.search(r"Evaluated (\d+) tokens .*\n.*Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
-    assert m, out[-3000:]
-    assert int(m.group(1)) == n_tokens
-    assert float(m.group(3)) < 4.0, out[-2000:]  # the cycle is nearly deterministic given context
+    scored = parse_eval_lm(out)
+    assert scored["tokens"] == n_tokens
+    assert scored["ppl"] < 4.0, out[-2000:]  # the cycle is nearly deterministic given context
 
 
 def test_eval_lm_without_the_streaming_task_is_refused(tmp_path):

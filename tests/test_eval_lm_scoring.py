@@ -1,11 +1,11 @@
 """fairseq-eval-lm scoring with truncated_bptt_lm: one stream or several (batch > 1), fp32 and bf16,
 equal to the model streaming the same segments in-process."""
 import math
-import re
 
 import pytest
 import torch
 
+from examples.fairseq_logs import parse_eval_lm
 from fairseq_cli import USER_DIR, run
 from inference_models import binarize, make_dictionary_dir, tiny_model
 from truncated_bptt.fairseq_checkpoint import build_model, save_checkpoint
@@ -55,7 +55,7 @@ def streamed_loss(model, task, streams, dtype):
 def eval_lm(data, ckpt, *args):
     log = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
               "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(T), "--cpu", *args)
-    return float(re.search(r"Loss \(base 2\): ([0-9.]+)", log).group(1))
+    return parse_eval_lm(log)["loss"]
 
 
 def test_bf16_option_casts_the_model_the_task_builds(setup):

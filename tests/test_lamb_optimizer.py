@@ -2,13 +2,12 @@
 mixed-precision wrappers (overflow included), and through checkpoints."""
 import functools
 import io
-import json
 import os
-import re
 
 import pytest
 import torch
 
+from examples.fairseq_logs import by_update, parse_training_log
 from fairseq_cli import USER_DIR, preprocess, run, write_lines
 
 import truncated_bptt  # noqa: F401  (registers nvidia_lamb / cosine_warmup)
@@ -346,19 +345,9 @@ def test_fairseq_train_resume_is_exact(tmp_path):
     # fairseq logs lr(n), the rate set after update n, next to num_updates = n.
     expected = {n: cosine_warmup_lr(n, PEAK, WARMUP, MAX_UPDATE, ETA_MIN)
                 for n in range(1, n_total + 1)}
-    logged = _logged_lrs(straight_log)
+    logged = by_update(parse_training_log(straight_log)["train"], "lr")
     assert logged.keys() == expected.keys()
-    resumed = _logged_lrs(log)
+    resumed = by_update(parse_training_log(log)["train"], "lr")
     assert min(resumed) == n_first + 1
     for n, lr in {**logged, **resumed}.items():
         assert lr == pytest.approx(expected[n], rel=1e-5), n
-
-
-def _logged_lrs(log):
-    lrs = {}
-    for line in log.splitlines():
-        m = re.search(r"\| INFO \| train_inner \| (\{.*\})", line)
-        if m:
-            record = json.loads(m.group(1))
-            lrs[int(record["num_updates"])] = float(record["lr"])
-    return lrs

@@ -400,8 +400,7 @@ def test_activation_checkpointing_gives_the_same_gradients(flag):
 def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp_path):
     """The preset through fairseq-train (activation checkpointing + offloading) and fairseq-eval-lm
     with the example's --model-overrides."""
-    import re
-
+    from examples.fairseq_logs import parse_eval_lm
     from fairseq_cli import USER_DIR, preprocess, run, write_lines
 
     words = "a b c d e f g h".split()
@@ -425,7 +424,7 @@ def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp
         "--batch-size", 1, "--required-batch-size-multiple", 1, "--tokens-per-sample", 4,
         "--model-overrides", overrides, "--cpu", cwd=tmp_path,
     )
-    assert re.search(r"Loss \(base 2\): [\d.]+", out), out[-2000:]
+    assert parse_eval_lm(out)["tokens"] > 0, out[-2000:]
     # the way fairseq-eval-lm loads the model: the overrides reach the decoder's config
     from fairseq import checkpoint_utils
 

@@ -1,6 +1,7 @@
 """truncated_bptt_lm through the real fairseq-train / fairseq-eval-lm (and torchrun) on corpora
 whose words name their position (train word i is "t<i>", valid "v<i>", test "e<i>")."""
 import json
+import math
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 import torch
 
+from examples.fairseq_logs import by_update, parse_eval_lm, parse_training_log, parse_word_probs
 from fairseq_cli import BIN, USER_DIR, cli_env, preprocess, run, write_lines
 
 WORDS_PER_LINE = 7
@@ -54,13 +56,8 @@ def train(data, save_dir, *args, env=None, check=True):
 
 
 def losses(log):
-    """{num_updates: loss} from fairseq's json train_inner lines."""
-    out = {}
-    for line in log.splitlines():
-        if "| train_inner |" in line:
-            stats = json.loads(line.split("| train_inner | ", 1)[1])
-            out[int(stats["num_updates"])] = float(stats["loss"])
-    return out
+    """{num_updates: training loss} of fairseq-train's log."""
+    return by_update(parse_training_log(log)["train"])
 
 
 def params(path):
@@ -174,7 +171,8 @@ def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, t
     args = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir",
             tmp_path / "w2", *TINY, *common, *dist, "--batch-size", "2"]
     first = torchrun(2, *args, "--max-update", "8", "--save-interval-updates", "8")
-    assert '"bsz": "4"' in first  # two processes with 2 streams each took part
+    # two processes with 2 streams each took part in every update
+    assert {r["bsz"] for r in parse_training_log(first)["train"]} == {4}
     # Rank 0 reads the checkpoint and broadcasts it (a pickle that torch.load(weights_only=True)
     # accepts thanks to the plugin's allow-list).
     resumed = torchrun(2, *args, "--max-update", "14")
@@ -210,23 +208,22 @@ def test_eval_lm_scores_every_token_once_in_order(data, checkpoint):
     out = eval_lm(data, checkpoint, "--tokens-per-sample", "5", "--batch-size", "3",
                   "--output-word-probs", "--model-overrides", "{'mem_len': 12}")
     expected = split_tokens("test", SIZES["test"])
-    assert f"Evaluated {len(expected)} tokens" in out
+    summary, word_probs = parse_eval_lm(out), parse_word_probs(out)
+    assert summary["tokens"] == len(expected)
     per_stream = {0: [], 1: [], 2: []}
-    for line in out.splitlines():
-        # "... | INFO | fairseq_cli.eval_lm | ID w [lp]..." (or "INFO:fairseq_cli.eval_lm:ID ...")
-        m = re.search(r"fairseq_cli\.eval_lm(?: \| |:)(\d+) (.*)$", line)
-        if m and "[" in m.group(2):
-            sample_id = int(m.group(1))
-            words = re.findall(r"(\S+) \[-?[\d.]+\]", m.group(2))
-            per_stream[sample_id % 3].append((sample_id // 3, words))
+    for sample_id, words in word_probs.items():
+        per_stream[sample_id % 3].append((sample_id // 3, words))
     scored = []
     for stream in range(3):
         steps = sorted(per_stream[stream])
         assert [s for s, _ in steps] == list(range(len(steps)))
         scored += [w for _, words in steps for w in words]
-    assert scored == expected
-    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", out).group(1))
-    assert loss > 0
+    assert [w for w, _ in scored] == expected
+    # The reported loss is the mean of exactly these token scores (natural log, printed to 6
+    # decimals; the loss in base 2 to 4), and the perplexity is 2 ** loss.
+    mean_nll = -sum(lp for _, lp in scored) / len(scored) / math.log(2)
+    assert summary["loss"] == pytest.approx(mean_nll, abs=1e-4)
+    assert summary["ppl"] == pytest.approx(2 ** summary["loss"], rel=1e-4)
 
 
 def test_eval_lm_refuses_context_window(data, checkpoint):

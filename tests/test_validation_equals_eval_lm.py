@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from examples.fairseq_logs import parse_eval_lm, parse_record
+from examples.fairseq_logs import by_update, parse_eval_lm, parse_training_log
 from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
 
 TOKENS_PER_SAMPLE, STREAMS = 32, 4
@@ -52,8 +52,7 @@ def corpora(tmp_path_factory):
 
 def validations(log):
     """{num_updates: valid loss (base 2)} from fairseq-train's log."""
-    records = [parse_record(line) for line in log.splitlines()]
-    return {int(r["num_updates"]): r["loss"] for r in records if r and r["kind"] == "valid"}
+    return by_update(parse_training_log(log)["valid"])
 
 
 def eval_lm_loss(data, checkpoint):
