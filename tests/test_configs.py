@@ -113,14 +113,9 @@ def test_recipe_documents_evaluation_and_known_perplexity(name):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    words = "a b c d e f g h i j".split()
-    for split, n in (("train", 60), ("valid", 10), ("test", 10)):
-        write_lines(str(root / "text" / f"{split}.txt"),
-                    [" ".join(words[(i + j) % len(words)] for j in range(8)) for i in range(n)])
-    preprocess(str(root / "text"), str(root / "data-bin"))
-    return str(root / "data-bin")
+def tiny_data(tmp_path_factory, cycle_corpus):
+    return cycle_corpus(str(tmp_path_factory.mktemp("recipes")),
+                        {"train": (60, 0), "valid": (10, 1), "test": (10, 2)})
 
 
 @pytest.mark.parametrize("name", sorted(SPEC))

@@ -1,34 +1,19 @@
 """The plugin through fairseq's real command-line tools: preprocess, train, evaluate.
 
-A tiny periodic corpus is learnable in a few dozen CPU updates, so the test can check that training
-really learns (loss falls) and that fairseq-eval-lm scores exactly the test split's tokens.
+The cycle corpus (conftest.py) is learnable in a few dozen CPU updates, so the test can check that
+training really learns (loss falls) and that fairseq-eval-lm scores exactly the test split's tokens.
 """
 import math
 import os
 
 from examples.fairseq_logs import parse_eval_lm, parse_training_log
-from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
-
-WORDS = "the cat sat on a mat and the dog lay by a log".split()
+from fairseq_cli import ROOT, USER_DIR, run
 
 
-def _corpus(n_lines, seed):
-    # A fixed cycle of words with line breaks at varying places: predictable given context.
-    lines, k = [], seed
-    for i in range(n_lines):
-        length = 5 + (i * 7 + seed) % 6
-        lines.append(" ".join(WORDS[(k + j) % len(WORDS)] for j in range(length)))
-        k += length
-    return lines
-
-
-def test_preprocess_train_eval(tmp_path):
-    text, data, ckpt = tmp_path / "text", tmp_path / "data-bin", tmp_path / "ckpt"
-    write_lines(str(text / "train.txt"), _corpus(120, 0))
-    write_lines(str(text / "valid.txt"), _corpus(20, 3))
-    test_lines = _corpus(20, 5)
-    write_lines(str(text / "test.txt"), test_lines)
-    preprocess(str(text), str(data))
+def test_preprocess_train_eval(tmp_path, cycle_corpus, cycle_text):
+    ckpt = tmp_path / "ckpt"
+    data = cycle_corpus(str(tmp_path), {"train": (120, 0), "valid": (20, 3), "test": (20, 5)})
+    test_lines = cycle_text(20, 5)
 
     # From the repository root, as the README shows: `--user-dir truncated_bptt`.
     log = run(
@@ -60,13 +45,11 @@ def test_preprocess_train_eval(tmp_path):
     assert scored["ppl"] < 4.0, out[-2000:]  # the cycle is nearly deterministic given context
 
 
-def test_eval_lm_without_the_streaming_task_is_refused(tmp_path):
+def test_eval_lm_without_the_streaming_task_is_refused(tmp_path, cycle_corpus):
     """fairseq-eval-lm takes its task from the command line (default `language_modeling`), under
     which a Transformer-XL would silently be scored without memory: it must stop and say why."""
-    text, data, ckpt = tmp_path / "text", tmp_path / "data-bin", tmp_path / "ckpt"
-    for split in ("train", "valid", "test"):
-        write_lines(str(text / f"{split}.txt"), _corpus(12, 1))
-    preprocess(str(text), str(data))
+    ckpt = tmp_path / "ckpt"
+    data = cycle_corpus(str(tmp_path), {split: (12, 1) for split in ("train", "valid", "test")})
     run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
         "--tokens-per-sample", 8, "--batch-size", 2, "--arch", "transformer_xl_tiny",
         "--n-layer", 1, "--d-model", 16, "--n-head", 2, "--d-head", 8, "--d-inner", 32,

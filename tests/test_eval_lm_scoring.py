@@ -7,7 +7,7 @@ import torch
 
 from examples.fairseq_logs import parse_eval_lm
 from fairseq_cli import USER_DIR, run
-from inference_models import binarize, make_dictionary_dir, tiny_model
+from inference_models import binarize, tiny_model
 from truncated_bptt.fairseq_checkpoint import build_model, save_checkpoint
 
 # 6 lines x (7 words + eos) = 48 tokens: 1, 2 or 3 streams of equal length, 8-token segments.
@@ -16,9 +16,9 @@ T = 8
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, dictionary_dir):
     root = tmp_path_factory.mktemp("scoring")
-    data = binarize(make_dictionary_dir(str(root / "dict")), str(root / "data"), "test", LINES)
+    data = binarize(dictionary_dir, str(root / "data"), "test", LINES)
     ckpt = str(root / "model.pt")
     model, task, cfg = tiny_model(data, "--mem-len", "12", "--tokens-per-sample", str(T))
     with torch.no_grad():  # sharp random weights, so precision and context visibly matter

@@ -7,12 +7,7 @@ import torch
 from fairseq.dataclass.configs import GenerationConfig
 
 from fairseq_cli import USER_DIR, run
-from inference_models import binarize, make_dictionary_dir, tiny_checkpoint, tiny_model
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dictionary_dir(str(tmp_path_factory.mktemp("gen_data")))
+from inference_models import binarize, tiny_checkpoint, tiny_model
 
 
 def prompt_sample(task, lines):
@@ -51,8 +46,8 @@ def record_layer_inputs(model):
 PROMPT = "w1 w2 w3 w25 w4 w5 w6 w7 w8 w9 w30"  # 11 tokens
 
 
-def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_forward(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "64")  # tokens_per_sample 8
+def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_forward(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "64")  # tokens_per_sample 8
     generator = greedy(task, model, max_len_b=16)
     calls, handle = record_layer_inputs(model)
     hypo = task.inference_step(generator, [model], prompt_sample(task, [PROMPT]))[0][0]
@@ -68,8 +63,8 @@ def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_f
     assert torch.allclose(hypo["positional_scores"], reference, atol=1e-5)
 
 
-def test_beam_search_over_a_primed_prompt(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+def test_beam_search_over_a_primed_prompt(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "64")
     generator = task.build_generator([model], GenerationConfig(beam=3, nbest=3, max_len_b=14, min_len=3))
     hypos = task.inference_step(generator, [model], prompt_sample(task, [PROMPT]))[0]
     assert len(hypos) == 3
@@ -78,8 +73,8 @@ def test_beam_search_over_a_primed_prompt(data_dir):
         assert torch.allclose(hypo["positional_scores"], full_forward_log_probs(model, stream), atol=1e-5)
 
 
-def test_sampling_top_k_and_temperature_reach_the_generator(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+def test_sampling_top_k_and_temperature_reach_the_generator(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "64")
     with torch.no_grad():  # a peaked model, so that unrestricted sampling leaves the greedy path
         for p in model.parameters():
             p.normal_(0.0, 0.5)
@@ -95,8 +90,8 @@ def test_sampling_top_k_and_temperature_reach_the_generator(data_dir):
     assert not torch.equal(sampled(temperature=5.0), best)
 
 
-def test_memory_is_capped_at_mem_len_and_ragged_prompts_are_forced_step_by_step(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "3")
+def test_memory_is_capped_at_mem_len_and_ragged_prompts_are_forced_step_by_step(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "3")
     calls, handle = record_layer_inputs(model)
     hypos = task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1 w2 w3", "w4"]))
     handle.remove()
@@ -106,8 +101,8 @@ def test_memory_is_capped_at_mem_len_and_ragged_prompts_are_forced_step_by_step(
     assert hypos[1][0]["tokens"][0] == task.dictionary.index("w4")
 
 
-def test_carry_memory_generates_over_previous_inputs_and_outputs(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "64")
+def test_carry_memory_generates_over_previous_inputs_and_outputs(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "64")
     task.cfg.carry_memory = True
     generator = greedy(task, model, max_len_b=7)
     first = task.inference_step(generator, [model], prompt_sample(task, ["w4 w5"]))[0][0]
@@ -128,18 +123,18 @@ def test_carry_memory_generates_over_previous_inputs_and_outputs(data_dir):
     assert not torch.allclose(alone[0][0]["positional_scores"][:3], second["positional_scores"][:3])
 
 
-def test_carry_memory_rejects_batches_of_several_inputs(data_dir):
-    model, task, _ = tiny_model(data_dir, "--mem-len", "8")
+def test_carry_memory_rejects_batches_of_several_inputs(dictionary_dir):
+    model, task, _ = tiny_model(dictionary_dir, "--mem-len", "8")
     task.cfg.carry_memory = True
     with pytest.raises(ValueError, match="--batch-size 1"):
         task.inference_step(greedy(task, model), [model], prompt_sample(task, ["w1", "w2 w3"]))
 
 
 def test_cli_interactive_sampling_with_prompt_and_carried_memory_and_generate_prefix(
-        data_dir, tmp_path):
+        dictionary_dir, tmp_path):
     # A split of text to generate from with fairseq-generate, made with the model's dictionary.
     data = str(tmp_path / "data")
-    binarize(data_dir, data, "test", ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13"])
+    binarize(dictionary_dir, data, "test", ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13"])
     ckpt = str(tmp_path / "model.pt")
     tiny_checkpoint(data, ckpt, "--mem-len", "16")
     common = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--path", ckpt,

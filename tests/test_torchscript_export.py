@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fairseq_cli import ROOT, cli_env
-from inference_models import make_dictionary_dir, stream_segments, tiny_checkpoint, tiny_model
+from inference_models import stream_segments, tiny_checkpoint, tiny_model
 from truncated_bptt import export_cli
 from truncated_bptt.torchscript_export import TransformerXLScorer, export_scorer
 
@@ -48,11 +48,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dictionary_dir(str(tmp_path_factory.mktemp("export_data")))
-
-
 def sharpen(model):
     """Large random weights, so attention and softmax are far from uniform (a real test)."""
     with torch.no_grad():
@@ -77,8 +72,8 @@ def run_isolated(path, stream, seg):
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_scripted_scorer_without_fairseq_equals_eager_model(data_dir, tmp_path, config):
-    model = sharpen(tiny_model(data_dir, *CONFIGS[config])[0])
+def test_scripted_scorer_without_fairseq_equals_eager_model(dictionary_dir, tmp_path, config):
+    model = sharpen(tiny_model(dictionary_dir, *CONFIGS[config])[0])
     path = str(tmp_path / "model.ts")
     export_scorer(model, path)
     torch.manual_seed(1)
@@ -94,8 +89,8 @@ def test_scripted_scorer_without_fairseq_equals_eager_model(data_dir, tmp_path, 
     assert result["mem_shape"] == [2, model.decoder.memory_options.mem_len, model.decoder.cfg.d_model]
 
 
-def test_scorer_streams_one_token_at_a_time_and_in_bfloat16(data_dir):
-    model = sharpen(tiny_model(data_dir, "--mem-len", "30")[0])
+def test_scorer_streams_one_token_at_a_time_and_in_bfloat16(dictionary_dir):
+    model = sharpen(tiny_model(dictionary_dir, "--mem-len", "30")[0])
     scorer = torch.jit.script(TransformerXLScorer(
         model.decoder, model.decoder.dictionary.symbols))
     stream = torch.randint(4, len(model.decoder.dictionary), (1, 9))
@@ -115,12 +110,12 @@ def test_scorer_streams_one_token_at_a_time_and_in_bfloat16(data_dir):
     assert (lp_bf16 - whole).abs().max() < 0.1 * whole.abs().max()
 
 
-def test_export_cli(data_dir, tmp_path):
+def test_export_cli(dictionary_dir, tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
-    model = tiny_checkpoint(data_dir, ckpt, "--mem-len", "4")[0]
+    model = tiny_checkpoint(dictionary_dir, ckpt, "--mem-len", "4")[0]
     out = str(tmp_path / "model.ts")
     proc = subprocess.run(
-        [sys.executable, "-m", "truncated_bptt.export_cli", ckpt, out, "--data", data_dir,
+        [sys.executable, "-m", "truncated_bptt.export_cli", ckpt, out, "--data", dictionary_dir,
          "--mem-len", "7"], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, timeout=300,
     )

@@ -397,19 +397,15 @@ def test_activation_checkpointing_gives_the_same_gradients(flag):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp_path):
+def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp_path, cycle_corpus):
     """The preset through fairseq-train (activation checkpointing + offloading) and fairseq-eval-lm
     with the example's --model-overrides."""
     from examples.fairseq_logs import parse_eval_lm
-    from fairseq_cli import USER_DIR, preprocess, run, write_lines
+    from fairseq_cli import USER_DIR, run
 
-    words = "a b c d e f g h".split()
-    lines = [" ".join(words[(i + j) % 8] for j in range(6)) for i in range(40)]
-    write_lines(str(tmp_path / "text" / "train.txt"), lines)
-    write_lines(str(tmp_path / "text" / "valid.txt"), lines[:8])
-    preprocess(str(tmp_path / "text"), str(tmp_path / "data"), splits=("train", "valid"))
+    data = cycle_corpus(str(tmp_path), {"train": (40, 0), "valid": (8, 0)})
     log = run(
-        "fairseq-train", tmp_path / "data", "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+        "fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
         "--arch", "transformer_xl_tiny", "--tokens-per-sample", 8, "--batch-size", 2,
         "--d-model", 16, "--d-head", 8, "--d-inner", 32, "--cutoffs", "8",
         "--checkpoint-activations", "--offload-activations", "--optimizer", "adam", "--lr", 0.001,
@@ -419,7 +415,7 @@ def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp
     assert "num. shared model params" in log or "num. model params" in log, log[-2000:]
     overrides = '{"mem_len":64,"clamp_len":4,"same_length":True}'
     out = run(
-        "fairseq-eval-lm", tmp_path / "data", "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+        "fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
         "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid",
         "--batch-size", 1, "--required-batch-size-multiple", 1, "--tokens-per-sample", 4,
         "--model-overrides", overrides, "--cpu", cwd=tmp_path,
