@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import by_update, parse_training_log
-from fairseq_cli import USER_DIR, preprocess, run, write_lines
+from fairseq_cli import USER_DIR, run
 
 import truncated_bptt  # noqa: F401  (registers nvidia_lamb / cosine_warmup)
 from truncated_bptt.cosine_warmup_scheduler import cosine_warmup_lr
@@ -75,8 +75,28 @@ def test_foreach_matches_reference(weight_decay, bias_correction):
         reference_lamb_step(ref, _grads(step), state, **kw)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.detach(), b, rtol=1e-6, atol=1e-6)
-    # A zero gradient tensor with zero state gives u = 0: ratio 1 and no movement beyond decay.
-    assert not torch.equal(ours[0].detach(), values[0])
+
+
+@pytest.mark.parametrize("weight_decay,bias_correction", [(0.0, False), (0.01, False), (0.01, True)])
+def test_zero_gradient_moves_only_by_decay(weight_decay, bias_correction):
+    """A tensor whose gradient stays zero keeps zero moments: u = weight_decay * p. Without decay
+    ||u|| = 0, so the ratio is 1 and the tensor never moves; with decay the ratio is
+    ||p|| / ||wd p|| = 1 / wd and every step multiplies p by exactly (1 - lr). The other tensors,
+    stepped in the same multi-tensor call, still follow the reference."""
+    values = _initial_values()
+    frozen = torch.randn(6, 2, generator=torch.Generator().manual_seed(5))  # ||p|| < 10
+    params = [torch.nn.Parameter(v.clone()) for v in values + [frozen]]
+    kw = dict(lr=0.05, weight_decay=weight_decay, bias_correction=bias_correction)
+    opt, ref, state = NvidiaLamb(params, **kw), [v.clone() for v in values], {}
+    for step in range(4):
+        for p, g in zip(params, _grads(step) + [torch.zeros_like(frozen)]):
+            p.grad = g
+        opt.step()
+        reference_lamb_step(ref, _grads(step), state, **kw)
+    expected = frozen * (1 - 0.05) ** 4 if weight_decay else frozen
+    torch.testing.assert_close(params[-1].detach(), expected, rtol=1e-6, atol=0)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-6)
 
 
 def test_chunked_foreach_equals_unchunked(monkeypatch):
@@ -91,11 +111,46 @@ def test_chunked_foreach_equals_unchunked(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_compiled_matches_foreach():
+def _has_cpp_compiler() -> bool:
+    """Whether inductor finds the C++ compiler it needs on CPU (CI has g++). torch's own search, so
+    that a moved or renamed function fails this test instead of passing it for the wrong reason."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return False
+    return True
+
+
+def test_compiled_matches_foreach(monkeypatch, caplog):
+    """compiled=True runs the torch.compile'd kernels, not the eager foreach update, wherever a C++
+    compiler exists; only without one does it fall back, saying so."""
+    import truncated_bptt.nvidia_lamb as nvidia_lamb
+
     values = _initial_values()
     kw = dict(lr=0.05, weight_decay=0.01, bias_correction=True)
     eager, eager_opt = _run_ours(values, 3, **kw)
-    fused, fused_opt = _run_ours(values, 3, compiled=True, **kw)
+    paths = []  # which update function each step called
+
+    def recorded(name):
+        update = getattr(nvidia_lamb, name)
+
+        def record(*args):
+            paths.append(name)
+            return update(*args)
+        return record
+
+    for name in ("_foreach_update", "_compiled_update"):
+        monkeypatch.setattr(nvidia_lamb, name, recorded(name))
+    with caplog.at_level("WARNING"):
+        fused, fused_opt = _run_ours(values, 3, compiled=True, **kw)
+    if not _has_cpp_compiler():
+        assert not fused_opt.compiled and "torch.compile failed" in caplog.text
+        assert set(paths) == {"_foreach_update"}
+        return
+    assert fused_opt.compiled and "torch.compile failed" not in caplog.text, caplog.text
+    assert paths == ["_compiled_update"] * 3  # one call per step (one param group), never eager
     for a, b in zip(eager, fused):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(eager, fused):
@@ -285,9 +340,6 @@ def test_amp_wrapper_steps_like_reference():
 
 # ---- through fairseq-train: checkpoint + --restore-file ----------------------------------------
 
-WORDS = "the cat sat on a mat and the dog lay by a log".split()
-
-
 def _train(data, save_dir, max_epoch, *extra):
     return run(
         "fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
@@ -305,20 +357,11 @@ def _train(data, save_dir, max_epoch, *extra):
 PEAK, WARMUP, ETA_MIN, MAX_UPDATE = 0.02, 3, 0.002, 12
 
 
-def test_fairseq_train_resume_is_exact(tmp_path):
+def test_fairseq_train_resume_is_exact(tmp_path, cycle_corpus):
     """Two epochs straight vs. the same run restarted from its epoch-1 checkpoint: identical
     weights, LAMB state and learning rates (the schedule is a function of the update count).
     Under --memory-efficient-fp16: fp16 weights, fp32 LAMB state, dynamic loss scaling."""
-    text = tmp_path / "text"
-    lines, k = [], 0
-    for i in range(24):
-        length = 5 + (i * 7) % 6
-        lines.append(" ".join(WORDS[(k + j) % len(WORDS)] for j in range(length)))
-        k += length
-    for split in ("train", "valid", "test"):
-        write_lines(str(text / f"{split}.txt"), lines)
-    preprocess(str(text), str(tmp_path / "data"))
-    data = str(tmp_path / "data")
+    data = cycle_corpus(str(tmp_path), {split: (24, 0) for split in ("train", "valid", "test")})
 
     straight_log = _train(data, tmp_path / "straight", 2, "--memory-efficient-fp16")
     log = _train(data, tmp_path / "resumed", 2, "--memory-efficient-fp16",

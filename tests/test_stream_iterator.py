@@ -69,7 +69,9 @@ def test_state_resumes_at_the_next_step_and_hands_back_this_ranks_rows():
     assert (key, segment_index) == ("train", 5)
     for layer in range(2):
         assert torch.equal(restored[layer], mems[layer][2:4])  # rank 1 owns streams 2 and 3
-    assert len(seen) == 5
+    # Before and after the checkpoint together: every step of the epoch once, in order.
+    steps = [b["net_input"]["segment_index"] for b in seen + rest]
+    assert steps == list(range(len(dataset(num_shards=2, shard_id=1))))
 
 
 def test_end_of_epoch_state_needs_no_memory():
