@@ -1,5 +1,6 @@
 """Shared pytest fixtures and corpora. (The import path is set in pytest.ini: the repository root
-first, so the tests import this checkout's ``truncated_bptt`` whatever is installed, then ``tests/``.)
+first, so the tests import this checkout's ``truncated_bptt`` whatever is installed, then
+``tests/``.)
 
 Corpora made here, each written by the tests themselves (never copied from elsewhere):
 

@@ -334,7 +334,8 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
             # (the seconds are derived from fairseq's tokens/s, which it prints with more digits)
             entry.update(tokens=scored["tokens"], seconds=scored["seconds"],
                          tokens_per_s=scored["tokens_per_s"], loss=scored["loss"])
-            flops = eval_forward_flops(shape, scored["tokens"], streams, EVAL_TPS, EVAL_MEM, eval_counts)
+            flops = eval_forward_flops(shape, scored["tokens"], streams, EVAL_TPS, EVAL_MEM,
+                                       eval_counts)
             entry["model_flops_per_s"] = flops / entry["seconds"]
         entries.append(entry)
     results["eval"] = best_rounds(entries)
@@ -679,7 +680,8 @@ def main():
     os.makedirs(work, exist_ok=True)
     sides = {OURS: Side(OURS, args.ours_venv, os.path.join(ROOT, "truncated_bptt")),
              EXAMPLE: Side(EXAMPLE, args.example_venv)}
-    results = {"started": f"{started:%Y-%m-%d %H:%M:%S}", "command": " ".join(["python -m benchmarks.compare"] + sys.argv[1:]),
+    results = {"started": f"{started:%Y-%m-%d %H:%M:%S}",
+               "command": " ".join(["python -m benchmarks.compare"] + sys.argv[1:]),
                "machine": machine_description(args.threads), "work_dir": os.path.relpath(work, ROOT),
                "sides": {k: {"venv": os.path.relpath(s.venv, ROOT), "user_dir": s.user_dir} for k, s in sides.items()}}
     data = prepare_data(args.text_dir, args.eval_speed_tokens, args.quality_test_tokens, sides[OURS])

@@ -6,8 +6,9 @@
 #   bash benchmarks/run.sh --text-dir DIR                    # any directory with train/valid/test.txt
 #   bash benchmarks/run.sh --parts speed                     # only speed (about 6 minutes on 2 cores)
 #
-# Arguments go to benchmarks/compare.py (`bash benchmarks/run.sh --help`). Results: benchmarks/results/cpu-<time>.md,
-# .json and .png; the logs of every fairseq command: runs/bench/<time>/.
+# Arguments go to benchmarks/compare.py (`bash benchmarks/run.sh --help`). Results:
+# benchmarks/results/cpu-<time>.md, .json and .png; the logs of every fairseq command:
+# runs/bench/<time>/.
 # Makes the separate benchmark environment .venv/bench-example first (scripts/setup_bench_env.sh).
 # Run it on an otherwise idle machine: every figure is a wall-clock measurement.
 set -euo pipefail

@@ -29,7 +29,8 @@ KINDS = ("train", "valid", "epoch")  # train_inner records, validations, end-of-
 
 _INNER = re.compile(r"epoch \d+:\s+\d+ / \d+ (?P<fields>.*)$")
 _VALID = re.compile(r"valid on '(?P<subset>[^']+)' subset \| (?P<fields>.*)$")
-# "... | train | epoch 001 | loss ..." (fairseq's logging) or "[...][train][INFO] - epoch 001 | ..." (hydra's)
+# "... | train | epoch 001 | loss ..." (fairseq's logging) or
+# "[...][train][INFO] - epoch 001 | loss ..." (hydra's)
 _EPOCH = re.compile(r"(?:\| train \||\]\[train\]\[\w+\] -) epoch \d+ \| (?P<fields>.*)$")
 _EVAL_LM = re.compile(r"Loss \(base 2\): (?P<loss>[\d.]+), Perplexity: (?P<ppl>[\d.]+)")
 _EVALUATED = re.compile(r"Evaluated (?P<tokens>[\d,]+) tokens in (?P<seconds>[\d.]+)s "
@@ -94,7 +95,7 @@ def parse_record(line: str) -> Optional[Dict]:
 
 
 def parse_training_log(text: str) -> Dict[str, List[Dict]]:
-    """``{"train": [...], "valid": [...], "epoch": [...]}``: the records of a log's text, in order."""
+    """``{"train": [...], "valid": [...], "epoch": [...]}``: a log text's records, in order."""
     records: Dict[str, List[Dict]] = {kind: [] for kind in KINDS}
     for line in text.splitlines():
         record = parse_record(line)
@@ -131,7 +132,8 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
             "'Evaluated N tokens in Ss (R tokens/s)'"
         raise ValueError(f"no {missing} line in fairseq-eval-lm's output")
     loss, speed = losses[-1], evaluated[-1]
-    tokens, tokens_per_s = int(speed.group("tokens").replace(",", "")), float(speed.group("tokens_per_s"))
+    tokens = int(speed.group("tokens").replace(",", ""))
+    tokens_per_s = float(speed.group("tokens_per_s"))
     return {"loss": float(loss.group("loss")), "ppl": float(loss.group("ppl")), "tokens": tokens,
             # fairseq prints the seconds with one decimal: derived from tokens/s (two) when it can
             "seconds": tokens / tokens_per_s if tokens_per_s > 0 else float(speed.group("seconds")),

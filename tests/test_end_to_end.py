@@ -26,7 +26,7 @@ def test_preprocess_train_eval(tmp_path, cycle_corpus, cycle_text):
         "--save-dir", ckpt, "--no-epoch-checkpoints", "--seed", 1, "--cpu",
         cwd=ROOT,
     )
-    losses = [r["loss"] for r in parse_training_log(log)["train"]]  # one per update (--log-interval 1)
+    losses = [r["loss"] for r in parse_training_log(log)["train"]]  # --log-interval 1: all
     assert len(losses) == 40, log[-3000:]
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses

@@ -68,7 +68,8 @@ def test_eval_lm_summary():
 
 
 def test_word_probs():
-    out = ("2026-11-21 22:10:24 | INFO | fairseq_cli.eval_lm | 4 v0 [-6.440215]\tv1 [-0.5]\t</s> [-1e-05]\n"
+    out = ("2026-11-21 22:10:24 | INFO | fairseq_cli.eval_lm | 4 v0 [-6.440215]\tv1 [-0.5]\t"
+           "</s> [-1e-05]\n"
            "2026-11-21 22:10:24 | INFO | fairseq_cli.eval_lm | num. model params: 1,234\n"
            "INFO:fairseq_cli.eval_lm:0 e0 [-7.000000]\n"
            "2026-11-21 22:10:25 | INFO | fairseq_cli.eval_lm | 4 v2 [-2.25]\n")

@@ -46,7 +46,8 @@ def record_layer_inputs(model):
 PROMPT = "w1 w2 w3 w25 w4 w5 w6 w7 w8 w9 w30"  # 11 tokens
 
 
-def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_forward(dictionary_dir):
+def test_prompt_read_in_parallel_then_one_step_per_token_and_scores_equal_full_forward(
+        dictionary_dir):
     model, task, _ = tiny_model(dictionary_dir, "--mem-len", "64")  # tokens_per_sample 8
     generator = greedy(task, model, max_len_b=16)
     calls, handle = record_layer_inputs(model)

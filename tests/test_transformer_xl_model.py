@@ -397,7 +397,8 @@ def test_activation_checkpointing_gives_the_same_gradients(flag):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp_path, cycle_corpus):
+def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp_path,
+                                                                              cycle_corpus):
     """The preset through fairseq-train (activation checkpointing + offloading) and fairseq-eval-lm
     with the example's --model-overrides."""
     from examples.fairseq_logs import parse_eval_lm
