@@ -313,3 +313,19 @@ def test_bad_input_message_ends_the_console_output(odd_data, tmp_path):
                  "64", check=False)
     assert proc.returncode != 0
     assert "set --batch-size" in last_line(proc) and last_line(proc).startswith("ValueError: ")
+
+
+def test_streams_are_read_in_the_main_process_whatever_num_workers_says(tmp_path):
+    """fairseq's default --num-workers 1 would start a worker process that only competes with the
+    model for the CPU: stream batches are slices of a tensor in memory."""
+    from inference_models import binarize, make_dictionary_dir, tiny_model
+
+    data = binarize(make_dictionary_dir(str(tmp_path / "dict")), str(tmp_path / "data"), "test",
+                    ["w1 w2 w3 w4 w5 w6 w7 w8 w9"] * 4)
+    _, task, _ = tiny_model(data)
+    task.load_dataset("test")
+    iterator = task.get_batch_iterator(task.dataset("test"), max_sentences=2, num_workers=2,
+                                       data_buffer_size=10)
+    assert (iterator.num_workers, iterator.buffer_size) == (0, 0)
+    batches = list(iterator.next_epoch_itr(shuffle=False))
+    assert [b["net_input"]["segment_index"] for b in batches] == list(range(len(batches)))

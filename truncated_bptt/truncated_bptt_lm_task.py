@@ -159,8 +159,9 @@ class TruncatedBPTTLMTask(FairseqTask):
         **kwargs,
     ):
         """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
-        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions`` and batching by size do
-        not apply. Other datasets (fairseq-interactive prompts) are batched as fairseq does."""
+        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions``, batching by size and
+        ``num_workers`` / ``data_buffer_size`` (there is nothing to load) do not apply. Other
+        datasets (fairseq-interactive prompts) are batched as fairseq does."""
         if not isinstance(dataset, TokenStream):
             return super().get_batch_iterator(
                 dataset, max_tokens=max_tokens, max_sentences=max_sentences,
@@ -193,8 +194,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
             pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
         )
+        # A step's batch is two slices of a tensor already in memory (microseconds): a data-loader
+        # worker process (fairseq's default --num-workers 1) or prefetching thread only competes
+        # with the model for the CPU, so the streams are always read in the main thread.
         return StreamEpochBatchIterator(
-            streams, epoch=epoch, num_workers=num_workers, buffer_size=data_buffer_size,
+            streams, epoch=epoch, num_workers=0, buffer_size=0,
             skip_remainder_batch=skip_remainder_batch, memory_keeper=self.memory_keeper,
         )
 
