@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from truncated_bptt.adaptive_input import AdaptiveInput
+from truncated_bptt.compiled_layers import CompiledLayers
 from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
 from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
@@ -91,6 +92,11 @@ class TransformerXLConfig(FairseqDataclass):
     )
     offload_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations and keep the saved ones on CPU"}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "run the layers through torch.compile (inductor: a C++ "
+                                         "compiler on CPU, triton on CUDA); where compiling fails, "
+                                         "one warning and eager execution"}
     )
     zero_initial_memory: bool = field(
         default=False, metadata={"help": "start every stream with mem_len zero vectors of memory, as "
@@ -161,6 +167,10 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
         return UNLIMITED_POSITIONS
 
 
+def _eager(layer, *args):
+    return layer(*args)
+
+
 @dataclass
 class GenerationState:
     """What one generation (fairseq's ``incremental_state``) keeps: the memory after the tokens
@@ -201,6 +211,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.softmax = ProjectedAdaptiveSoftmax(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.reset_parameters()
         self.tie_output_to_input()
+        self.compiled_layers = CompiledLayers() if getattr(cfg, "compile", False) else None
         self._stream_memory: Dict[str, XLMemory] = {}  # memory_key -> memory of those streams
         self._stream_caches: Dict[str, InferenceCache] = {}  # memory_key -> its pass's cache
         self._cache_epoch = 0  # advanced whenever the weights may change (inference_cache.py)
@@ -303,11 +314,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return GrowingWriter(self.layers, memory, qlen, self.memory_options.mem_len, cache, like)
 
     def _call_layer(self, layer, h, context, memory, keys_values, position_keys) -> Tensor:
+        call = self.compiled_layers if self.compiled_layers is not None else _eager
         if self.training and torch.is_grad_enabled() \
                 and (self.cfg.checkpoint_activations or self.cfg.offload_activations):
-            return checkpoint(layer, h, context, memory, keys_values, position_keys,
+            return checkpoint(call, layer, h, context, memory, keys_values, position_keys,
                               use_reentrant=False)
-        return layer(h, context, memory, keys_values, position_keys)
+        return call(layer, h, context, memory, keys_values, position_keys)
 
     def _offload_context(self):
         if self.training and torch.is_grad_enabled() and self.cfg.offload_activations:
