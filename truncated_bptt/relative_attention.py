@@ -139,6 +139,32 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
 
+def fused_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
+                             r_w_bias: Tensor, r_r_bias: Tensor, mask: Optional[Tensor],
+                             dropatt: float = 0.0, training: bool = False) -> Tensor:
+    """:func:`relative_attention` through torch's fused ``scaled_dot_product_attention``.
+
+    The position term (after the relative shift, masked with ``-inf``) is the kernel's additive
+    attention bias; the kernel computes the content term, the softmax and the weighted sum without
+    keeping the probabilities (on CUDA the memory-efficient kernel, which supports a bias and its
+    gradient). Same arguments and result as :func:`relative_attention`; no row is ever fully masked
+    (a query always sees itself), so ``-inf`` gives no NaN.
+    """
+    bsz, qlen, n_head, d_head = q.shape
+    klen = k.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    bias = rel_shift(position).transpose(0, 1)
+    if mask is not None:
+        bias = bias.masked_fill(mask, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        (q + r_w_bias).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=bias.contiguous(), dropout_p=dropatt if training else 0.0, scale=scale,
+    )
+    return out.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
+
+
 class RelativeMultiHeadAttention(nn.Module):
     """Relative multi-head attention sublayer with residual connection and LayerNorm.
 
@@ -148,10 +174,13 @@ class RelativeMultiHeadAttention(nn.Module):
     """
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float,
-                 pre_lnorm: bool = False):
+                 pre_lnorm: bool = False, implementation: str = "auto"):
         super().__init__()
         self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
         self.pre_lnorm = pre_lnorm
+        # "reference" (relative_attention), "sdpa" (fused_relative_attention), or "auto": sdpa on
+        # CUDA, reference elsewhere (docs/model.md: what was measured on CPU)
+        self.implementation = implementation
         self.dropout, self.dropatt = dropout, dropatt
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
@@ -189,10 +218,14 @@ class RelativeMultiHeadAttention(nn.Module):
             kv = torch.cat([self.memory_keys_values(memory).to(kv.dtype), kv], dim=1)
         if position_keys is None:
             position_keys = F.linear(encodings, self.r_net.weight)
-        attn = relative_attention(
-            qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1], position_keys.view(-1, n_head, d_head),
-            r_w_bias, r_r_bias, mask, self.dropatt, self.training,
-        )
+        q, k, v = qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]
+        position_keys = position_keys.view(-1, n_head, d_head)
+        if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
+            attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                            self.dropatt, self.training)
+        else:
+            attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                      self.dropatt, self.training)
         out = self.o_net(attn)
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import (
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
@@ -93,6 +93,12 @@ class TransformerXLConfig(FairseqDataclass):
     offload_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations and keep the saved ones on CPU"}
     )
+    attention: ChoiceEnum(["auto", "reference", "sdpa"]) = field(
+        default="auto", metadata={"help": "attention kernel: reference (matmuls + softmax), sdpa "
+                                          "(torch's fused scaled_dot_product_attention with the "
+                                          "position term as its bias), auto (sdpa on CUDA, "
+                                          "reference on CPU); all give the same results"}
+    )
     compile: bool = field(
         default=False, metadata={"help": "run the layers through torch.compile (inductor: a C++ "
                                          "compiler on CPU, triton on CUDA); where compiling fails, "
@@ -167,6 +173,11 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
         return UNLIMITED_POSITIONS
 
 
+def _choice(value) -> str:
+    """A ChoiceEnum config value as its string (omegaconf may hand over the enum member)."""
+    return str(getattr(value, "value", value))
+
+
 def _eager(layer, *args):
     return layer(*args)
 
@@ -200,7 +211,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.embed = AdaptiveInput(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.layers = nn.ModuleList(
             TransformerXLLayer(cfg.n_head, d_model, cfg.d_head, cfg.d_inner, cfg.dropout, cfg.dropatt,
-                               cfg.pre_lnorm, untie_r=not cfg.tie_r)
+                               cfg.pre_lnorm, untie_r=not cfg.tie_r,
+                               attention=_choice(getattr(cfg, "attention", "auto")))
             for _ in range(cfg.n_layer)
         )
         if cfg.tie_r:
