@@ -105,12 +105,16 @@ def xl_shape(m: Dict, vocab: int) -> XLShape:
     return XLShape(m["n_layer"], m["d_model"], m["n_head"], m["d_head"], m["d_inner"], vocab, m["cutoffs"])
 
 
-def run_cmd(cmd: List[str], log_path: str, threads: int, timeout: Optional[float] = None) -> Dict:
+def run_cmd(cmd: List[str], log_path: str, threads: int, timeout: Optional[float] = None,
+            pythonpath: Optional[str] = None) -> Dict:
     """Run a command with `threads` BLAS/OpenMP threads, all output to log_path; return its exit code,
-    wall time, peak RSS (MiB, from the kernel's accounting of that child) and output."""
+    wall time, peak RSS (MiB, from the kernel's accounting of that child) and output. The child's
+    PYTHONPATH is `pythonpath` (default: none, so each side imports only its own environment)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
