@@ -27,6 +27,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
 from truncated_bptt import generation
+from truncated_bptt import setup_checks  # wrong inputs, resume (issue 15)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -83,6 +84,7 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
+        setup_checks.check_task_setup(cfg, TruncatedBPTTLMConfig, **kwargs)
         if cfg.tokens_per_sample <= 0:
             raise ValueError(
                 f"--tokens-per-sample must be positive (got {cfg.tokens_per_sample}); "
