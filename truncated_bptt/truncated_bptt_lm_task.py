@@ -27,7 +27,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
 from truncated_bptt import generation
-from truncated_bptt import setup_checks  # wrong inputs, resume (issue 15)
+from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -267,6 +267,7 @@ class TruncatedBPTTLMTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         """The model, in bf16 with --bf16 (fairseq-eval-lm/-generate would otherwise score in fp32)."""
         model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        vocabulary_check.refuse_other_vocabulary_on_load(model, len(self.dictionary), self.cfg.data)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
         return model
