@@ -18,6 +18,10 @@ from truncated_bptt.checkpoint_safety import allow_fairseq_checkpoint_types
 
 allow_fairseq_checkpoint_types()
 
+from truncated_bptt import hydra_compat  # noqa: E402
+
+hydra_compat.install()  # hydra 1.0 on Python >= 3.10: report job errors, not a TypeError
+
 # Imported for their @register_* side effects.
 from truncated_bptt import (  # noqa: E402,F401
     adaptive_cross_entropy_criterion,
