@@ -189,6 +189,28 @@ def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, t
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_one_process_checkpoint_resumes_in_two_processes_with_the_same_streams(data, tmp_path):
+    """Resuming mid-epoch needs the same number of streams, not the same number of processes:
+    a checkpoint of 1 process x 4 streams continues under 2 processes x 2 streams (each rank takes
+    its rows of the saved memory) with the losses of the uninterrupted 1-process run. (Another
+    total number of streams is refused: test_bad_input_fails_with_one_clear_line.)"""
+    common = ["--tokens-per-sample", "8", "--disable-validation", "--no-epoch-checkpoints",
+              "--dropout", "0"]
+    single = train(data, tmp_path / "w1", *common, "--batch-size", "4", "--max-update", "11",
+                   "--save-interval-updates", "8")
+    os.makedirs(tmp_path / "w2")
+    shutil.copy(tmp_path / "w1" / "checkpoint_1_8.pt", tmp_path / "w2" / "checkpoint_last.pt")
+    resumed = torchrun(2, data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+                       "--save-dir", tmp_path / "w2", *TINY, *common, "--batch-size", "2",
+                       "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+                       "--max-update", "11")
+    assert "restored the memory of streams 0-1 at step 8" in resumed
+    expected, got = losses(single), losses(resumed)
+    assert sorted(got) == [9, 10, 11]
+    for u in got:
+        assert got[u] == pytest.approx(expected[u], abs=2e-3), u
+
+
 # ---------------------------------------------------------------- fairseq-eval-lm
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
