@@ -9,7 +9,8 @@ Importing this package (directly, or through fairseq's ``--user-dir truncated_bp
 - lr scheduler ``cosine_warmup`` (:mod:`truncated_bptt.cosine_warmup_scheduler`),
 
 and allow-lists the types fairseq checkpoints pickle for ``torch.load(weights_only=True)``
-(:mod:`truncated_bptt.checkpoint_safety`).
+(:mod:`truncated_bptt.checkpoint_safety`); with hydra < 1.1 on Python >= 3.10 it lets hydra print a
+job's error (:mod:`truncated_bptt.hydra_compat`).
 """
 __version__ = "0.1.0"
 
