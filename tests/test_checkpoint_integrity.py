@@ -75,8 +75,12 @@ def test_intact_checkpoints_beside_newest_first(tmp_path):
     assert message.startswith(f"checkpoint {last} is incomplete (") and "\n" not in message
     assert message.endswith("intact checkpoints beside it, newest first: checkpoint_1_4.pt, "
                             "checkpoint_best.pt, checkpoint_1_2.pt; pass one of them to --path")
-    with pytest.raises(FileNotFoundError, match="does not exist .*checkpoints in .*checkpoint_1_4.pt"):
+    intact = r"intact checkpoints in .*: checkpoint_1_4.pt, checkpoint_best.pt, checkpoint_1_2.pt\)"
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_9.pt does not exist \(" + intact):
         ci.check_readable(str(tmp_path / "checkpoint_9.pt"), "--path")
+    with pytest.raises(FileNotFoundError, match=r"is a directory \(" + intact
+                       + ": pass an existing checkpoint file to --path"):
+        ci.check_readable(str(tmp_path), "--path")
 
 
 def test_resume_decisions(tmp_path):
@@ -86,6 +90,12 @@ def test_resume_decisions(tmp_path):
     save_dir = str(tmp_path)
     # nothing to resume from, or an intact checkpoint_last.pt: fairseq's own choice stands
     assert ci.restore_path_to_use(save_dir, "checkpoint_last.pt") is None
+    assert ci.restore_path_to_use(save_dir, str(tmp_path / "checkpoint_last.pt")) is None
+    # a missing file given explicitly would make fairseq train from scratch without a word
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_1_6.pt does not exist \(intact "
+                       r"checkpoints in .*: checkpoint_1_4.pt, checkpoint_1_2.pt\), so fairseq would silently "
+                       r"train from scratch: pass an existing checkpoint file to --restore-file"):
+        ci.restore_path_to_use(save_dir, str(tmp_path / "checkpoint_1_6.pt"))
     shutil.copy(newest, tmp_path / "checkpoint_last.pt")
     assert ci.restore_path_to_use(save_dir, "checkpoint_last.pt") is None
     # an interrupted copy to checkpoint_last.pt: the newest intact checkpoint instead

@@ -74,3 +74,23 @@ def test_validation_on_the_training_split_is_refused_unless_disabled(tmp_path):
         setup_checks.check_task_setup(cfg.task, TruncatedBPTTLMConfig)
     cfg.dataset.disable_validation = True
     setup_checks.check_task_setup(cfg.task, TruncatedBPTTLMConfig)
+
+
+def test_a_task_set_up_from_a_stored_configuration_skips_the_training_checks(tmp_path):
+    """fairseq-validate, hub loading and truncated-bptt-export set the task up from the
+    configuration stored in the checkpoint, whose --restore-file may be long gone (here also an
+    old run's validation on the training split): loading must not be refused for that."""
+    from fairseq import checkpoint_utils
+
+    from truncated_bptt import fairseq_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(20)))
+    model, _, cfg = fairseq_checkpoint.build_model(str(data), [], arch="transformer_xl_tiny")
+    cfg.checkpoint.restore_file = str(tmp_path / "gone" / "pretrained.pt")
+    cfg.checkpoint.save_dir = str(tmp_path / "gone")
+    cfg.dataset.valid_subset = "train"
+    fairseq_checkpoint.save_checkpoint(model, cfg, str(tmp_path / "model.pt"))
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "model.pt")])
+    assert len(task.dictionary) == 24 and len(models) == 1

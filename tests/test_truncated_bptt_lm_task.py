@@ -356,6 +356,10 @@ def resume_and_eval_cases(data, checkpoint, other_data, tmp_path):
         ("train", [*train_args, "--restore-file", incomplete, "--tokens-per-sample", "8",
                    "--batch-size", "4"],
          f"checkpoint {incomplete} is incomplete ("),
+        ("train", [*train_args, "--restore-file", str(tmp_path / "incomplete" / "pretrained.pt"),
+                   "--tokens-per-sample", "8", "--batch-size", "4"],
+         "pretrained.pt does not exist (intact checkpoints in %s: checkpoint_1_3.pt), so fairseq "
+         "would silently train from scratch" % (tmp_path / "incomplete")),
         ("eval_lm", [*eval_args, incomplete],
          "the end of the file is missing, as after an interrupted write or copy): intact "
          "checkpoints beside it, newest first: checkpoint_1_3.pt; pass one of them to --path"),

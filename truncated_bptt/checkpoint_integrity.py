@@ -124,16 +124,26 @@ def refusal(path: str, problem: Problem, option: str, suffix: str = "") -> Value
     return ValueError(f"checkpoint {path} {problem.text}: {beside}")
 
 
+def missing(path: str, option: str, consequence: str = "") -> FileNotFoundError:
+    """One line: ``path`` is no file (``consequence``), the intact checkpoints in it (a directory)
+    or beside it, and the option to give one of them to."""
+    if os.path.isdir(path):
+        directory, what = path, f"checkpoint {path} is a directory"
+    else:
+        directory, what = os.path.dirname(os.path.abspath(path)), f"checkpoint {path} does not exist"
+    found = [p for p in (os.path.join(directory, n) for n in checkpoint_names(directory))
+             if checkpoint_problem(p, verify_data=False) is None]
+    listing = (f"intact checkpoints in {directory}: {describe_names(found)}" if found
+               else f"no intact checkpoint is in {directory}")
+    return FileNotFoundError(f"{what} ({listing}){consequence}: pass an existing checkpoint file "
+                             f"to {option}")
+
+
 def check_readable(path: str, option: str, verify_data: bool = True) -> None:
     """Raise a one-line FileNotFoundError or ValueError unless ``path`` (given with ``option``)
     exists and is intact."""
     if not os.path.isfile(path):
-        directory = os.path.dirname(os.path.abspath(path))
-        found = checkpoint_names(directory)
-        listing = (f"checkpoints in {directory}: {describe_names(found)}" if found
-                   else f"no checkpoint is in {directory}")
-        raise FileNotFoundError(f"checkpoint {path} does not exist ({listing}): pass an existing "
-                                f"file to {option}")
+        raise missing(path, option)
     problem = checkpoint_problem(path, verify_data=verify_data)
     if problem is not None:
         raise refusal(path, problem, option)
@@ -145,7 +155,8 @@ def restore_path_to_use(save_dir: str, restore_file: str, suffix: str = "") -> O
 
     Mirrors ``fairseq.checkpoint_utils.load_checkpoint``: the default ``--restore-file
     checkpoint_last.pt`` means ``{save_dir}/checkpoint_last{suffix}.pt``, any other value is the
-    path itself. An incomplete default file (a crash during fairseq's copy to it) is replaced by the
+    path itself. A missing file means a fresh start to fairseq; that is refused for a file given
+    explicitly, unless it names the default one (scripts that restart themselves). An incomplete default file (a crash during fairseq's copy to it) is replaced by the
     newest intact checkpoint beside it, the file that copy was made from. A damaged explicitly given
     file, or a default one that is damaged rather than incomplete, is refused: the user decides.
     Only the structure is checked (cheap, the same on every process).
@@ -156,7 +167,9 @@ def restore_path_to_use(save_dir: str, restore_file: str, suffix: str = "") -> O
     else:
         path = restore_file.replace(".pt", f"{suffix}.pt") if suffix else restore_file
     if not os.path.isfile(path):
-        return None  # fairseq starts from scratch (or --continue-once / --finetune-from-model)
+        if default or _same_path(path, os.path.join(save_dir, f"checkpoint_last{suffix}.pt")):
+            return None  # fairseq starts from scratch (or --continue-once / --finetune-from-model)
+        raise missing(path, "--restore-file", ", so fairseq would silently train from scratch")
     problem = checkpoint_problem(path, verify_data=False)
     if problem is None:
         return None
@@ -169,3 +182,7 @@ def restore_path_to_use(save_dir: str, restore_file: str, suffix: str = "") -> O
             "to start training from scratch, or pass an intact checkpoint to --restore-file"
         )
     return intact[0]
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))

@@ -16,11 +16,11 @@ naming the problem and the fix:
   (a few reads each); the data's checksums are only verified for ``--path``, where one process
   reads the whole file anyway.
 
-fairseq-fixed says when it sets a task up from a checkpoint's stored configuration
-(``from_checkpoint``: fairseq-validate, hub loading, truncated-bptt-export), and the training checks
-are skipped then. fairseq 0.12.2 does not, so there they also run on the stored configuration: they
-read a few bytes of the stored ``save_dir``'s checkpoints (a warning if its ``checkpoint_last.pt`` is
-incomplete) and would refuse only a configuration that training itself now refuses.
+Training checks are skipped for a task set up from a checkpoint's stored configuration
+(fairseq-validate, hub loading, truncated-bptt-export), where the stored ``save_dir`` and
+``--restore-file`` may not exist any more: fairseq-fixed says so (``from_checkpoint``); fairseq
+0.12.2 does not, but it loads stored configurations in struct mode, while fairseq-train and
+fairseq-hydra-train turn struct mode off (``add_defaults``) before they set the task up.
 """
 import logging
 from typing import Optional
@@ -57,7 +57,7 @@ def check_task_setup(task_cfg, task_config_class, from_checkpoint=False, **unuse
                               task_config_class)
         for path in utils.split_paths(paths):
             checkpoint_integrity.check_readable(path, "--path")
-    elif not from_checkpoint:
+    elif not from_checkpoint and not OmegaConf.is_struct(root):
         check_validation_split(root.dataset)
         choose_restore_file(root.checkpoint)
 
