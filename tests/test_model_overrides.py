@@ -34,8 +34,9 @@ def test_good_overrides_pass(text):
     ("{'same_length': 1}", r"gives 'same_length' the int 1, but same_length takes True or False"),
     ("{'cutoffs': 20000}", r"cutoffs takes a list of ints"),
     ("{'tokens_per_sample': 64}", r"sets 'tokens_per_sample', an option of the task, which fairseq "
-                                  r"builds from the command line, not from the checkpoint: pass "
+                                  r"builds from the command line, not from the checkpoint: give "
                                   r"--tokens-per-sample instead"),
+    ("{'data': 'data-bin/x'}", r"sets 'data', an option of the task, .*: give the DATA argument"),
 ])
 def test_bad_overrides_are_refused_in_one_line(text, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -68,9 +68,10 @@ def check(text: str, model_config_class, task_config_class) -> None:
     known = None
     for name, value in overrides.items():
         if name in task_options:
+            flag = "the DATA argument" if name == "data" else f"--{name.replace('_', '-')}"
             raise ValueError(
                 f"--model-overrides sets {name!r}, an option of the task, which fairseq builds from "
-                f"the command line, not from the checkpoint: pass --{name.replace('_', '-')} instead"
+                f"the command line, not from the checkpoint: give {flag} instead"
             )
         if name in model_options:
             _check_type(name, value, types[name], model_options[name])
