@@ -26,6 +26,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
 from truncated_bptt import generation
+from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -83,6 +84,7 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
+        setup_checks.check_task_setup(cfg, TruncatedBPTTLMConfig, **kwargs)
         if cfg.tokens_per_sample <= 0:
             raise ValueError(
                 f"--tokens-per-sample must be positive (got {cfg.tokens_per_sample}); "
@@ -250,6 +252,7 @@ class TruncatedBPTTLMTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         """The model, in bf16 with --bf16 (fairseq-eval-lm/-generate would otherwise score in fp32)."""
         model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        vocabulary_check.refuse_other_vocabulary_on_load(model, len(self.dictionary), self.cfg.data)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
         return model
