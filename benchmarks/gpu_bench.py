@@ -130,7 +130,7 @@ def train(work: str, data: str, recipe: str, overrides: List[str], precision: st
             f"common.user_dir={os.path.join(ROOT, 'truncated_bptt')}", "common.log_format=json",
             f"common.log_interval={cfg['log_interval']}", "common.log_file=null",
             f"optimization.max_update={cfg['updates']}", "lr_scheduler.warmup_updates=1",
-            "dataset.disable_validation=true", "dataset.num_workers=0",
+            "dataset.disable_validation=true",
             f"checkpoint.no_save={'false' if save else 'true'}", "checkpoint.save_interval_updates=0",
             f"model.compile={'true' if compile_ else 'false'}", *PRECISION_OVERRIDES[precision],
             *overrides]
