@@ -7,6 +7,7 @@ import torch
 from truncated_bptt.relative_attention import (
     RelativeMultiHeadAttention,
     attention_mask,
+    expand_clamped_positions,
     position_encodings,
     rel_shift,
 )
@@ -74,9 +75,10 @@ def make_attention(pre_lnorm, n_head=2, d_model=8, d_head=3, implementation="ref
         (2, 3, 3, True, 5, True),      # same_length, memory not yet full, clamp
     ],
 )
-@pytest.mark.parametrize("implementation", ["reference", "sdpa"])
+@pytest.mark.parametrize("implementation,distinct", [("reference", False), ("reference", True),
+                                                    ("sdpa", True)])
 def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, mem_len, pre_lnorm,
-                                           implementation):
+                                           implementation, distinct):
     attn = make_attention(pre_lnorm, implementation=implementation)
     bsz, d_model = 2, 8
     g = torch.Generator().manual_seed(1)
@@ -84,7 +86,10 @@ def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, m
     mem = torch.randn(bsz, mlen, d_model, generator=g, dtype=torch.float64) if mlen else None
     u = torch.randn(2, 3, generator=g, dtype=torch.float64)
     v = torch.randn(2, 3, generator=g, dtype=torch.float64)
-    pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64)
+    pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64,
+                                 distinct=distinct)
+    if distinct and 0 < clamp_len < mlen + qlen - 1:  # only the distinct clamped distances
+        assert pos_emb.size(0) == clamp_len + 2
     mask = attention_mask(qlen, mlen, same_length, mem_len)
     ours = attn(h, pos_emb, mask, u, v, memory=mem)
     if mem is not None:  # the inference path: the memory's keys/values given, room for the segment's
@@ -116,6 +121,17 @@ def test_fused_attention_equals_the_reference_with_gradients(mlen, qlen, same_le
         results.append([out, h.grad, u.grad, v.grad] + [p.grad for p in attn.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_expanding_distinct_clamped_scores_gives_the_full_scores():
+    g = torch.Generator().manual_seed(0)
+    full_enc = position_encodings(9, 8, 3)
+    distinct_enc = position_encodings(9, 8, 3, distinct=True)
+    assert full_enc.shape == (10, 8) and distinct_enc.shape == (5, 8)
+    q = torch.randn(2, 4, 8, generator=g)
+    expanded = expand_clamped_positions(q @ distinct_enc.t(), 9)
+    torch.testing.assert_close(expanded, q @ full_enc.t())
+    assert expanded.is_contiguous()
 
 
 def test_rel_shift_realigns_distances():

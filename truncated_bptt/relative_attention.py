@@ -63,12 +63,33 @@ def sinusoidal_encoding(positions: Tensor, d_model: int) -> Tensor:
 
 
 def position_encodings(klen: int, d_model: int, clamp_len: int, device: Optional[torch.device] = None,
-                       dtype: Optional[torch.dtype] = None) -> Tensor:
+                       dtype: Optional[torch.dtype] = None, distinct: bool = False) -> Tensor:
     """``[klen + 1, d_model]``: a zero row (the pad :func:`rel_shift` relies on), then the encodings
-    of distances ``klen-1, ..., 0`` (clamped)."""
-    enc = sinusoidal_encoding(relative_positions(klen, clamp_len, device), d_model)
+    of distances ``klen-1, ..., 0`` (clamped).
+
+    With ``distinct`` and a clamp that leaves fewer distinct distances (``clamp_len + 1 < klen``),
+    only ``[clamp_len + 2, d_model]``: the zero row, then distances ``clamp_len, ..., 0``. The
+    attention then scores the position term against those rows only and repeats the score of
+    ``clamp_len`` for the longer distances (:func:`expand_clamped_positions`), which gives the same
+    scores with fewer FLOPs (not with dropout on the encodings: each row would get its own mask).
+    """
+    rows = klen
+    if distinct and 0 < clamp_len < klen - 1:
+        rows = clamp_len + 1
+    enc = sinusoidal_encoding(relative_positions(rows, clamp_len, device), d_model)
     enc = F.pad(enc, [0, 0, 1, 0])
     return enc if dtype is None else enc.to(dtype)
+
+
+def expand_clamped_positions(position: Tensor, klen: int) -> Tensor:
+    """Position scores ``[..., P + 1]`` against the encodings of :func:`position_encodings`
+    (column 0 the pad, then distances ``P-1 .. 0``) -> ``[..., klen + 1]``, contiguous: the score of
+    the clamped distance (column 1) repeated for the distances beyond it."""
+    missing = klen + 1 - position.size(-1)
+    if missing <= 0:
+        return position
+    shape = list(position.shape[:-1]) + [missing]
+    return torch.cat([position[..., :1], position[..., 1:2].expand(shape), position[..., 1:]], dim=-1)
 
 
 def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
@@ -112,7 +133,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     """Attention of ``T`` queries over ``K`` keys with Transformer-XL's relative positions.
 
     q ``[B, T, H, Dh]``; k, v ``[B, K, H, Dh]`` (memory first, then the segment); position_keys
-    ``[K + 1, H, Dh]`` (``r_net`` of :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
+    ``[K + 1, H, Dh]`` or, for distinct clamped distances, fewer rows (``r_net`` of
+    :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
     mask bool ``[T, K]`` or None. Returns ``[B, T, H * Dh]``. Scores are masked and normalised in
     fp32 whatever the input dtype.
     """
@@ -125,7 +147,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     # Position term (q + v).R for every (query, encoding row), one GEMM per head over all
     # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
     q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
-    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))
+    position = expand_clamped_positions(position.view(n_head, bsz, qlen, -1), klen)
     # In place: neither matmul's nor masked_fill's backward needs these values.
     score.add_(rel_shift(position).transpose(0, 1))
     if score.dtype == torch.float16 or score.dtype == torch.bfloat16:
@@ -154,7 +177,8 @@ def fused_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Ten
     klen = k.size(1)
     scale = 1.0 / math.sqrt(d_head)
     q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
-    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))
+    position = expand_clamped_positions(position.view(n_head, bsz, qlen, -1), klen)
     bias = rel_shift(position).transpose(0, 1)
     if mask is not None:
         bias = bias.masked_fill(mask, float("-inf"))

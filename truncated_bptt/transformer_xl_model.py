@@ -309,13 +309,16 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
     def _mask_and_encodings(self, qlen: int, mlen: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
         """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden: a single new
-        token without same_length) and the position encodings ``[mlen + qlen + 1, d_model]``."""
+        token without same_length) and the position encodings (``[mlen + qlen + 1, d_model]``, or
+        fewer rows for distinct clamped distances: :func:`position_encodings`)."""
         opts = self.memory_options
         mask = None
         if qlen > 1 or opts.same_length:
             mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, device=like.device)
+        # Distinct clamped distances only, unless dropout gives each encoding row its own mask.
+        distinct = not (self.training and self.cfg.dropout > 0.0)
         encodings = position_encodings(mlen + qlen, self.cfg.d_model, opts.clamp_len, like.device,
-                                       like.dtype)
+                                       like.dtype, distinct=distinct)
         return mask, encodings
 
     def _memory_writer(self, memory: Optional[XLMemory], qlen: int,
