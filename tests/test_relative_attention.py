@@ -7,6 +7,7 @@ import torch
 from truncated_bptt.relative_attention import (
     RelativeMultiHeadAttention,
     attention_mask,
+    expand_clamped_positions,
     position_encodings,
     rel_shift,
 )
@@ -53,10 +54,10 @@ def naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len):
     return h + o if attn.pre_lnorm else attn.layer_norm(h + o)
 
 
-def make_attention(pre_lnorm, n_head=2, d_model=8, d_head=3):
+def make_attention(pre_lnorm, n_head=2, d_model=8, d_head=3, implementation="reference"):
     torch.manual_seed(0)
     attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout=0.0, dropatt=0.0,
-                                      pre_lnorm=pre_lnorm).double()
+                                      pre_lnorm=pre_lnorm, implementation=implementation).double()
     with torch.no_grad():
         for p in attn.parameters():
             p.normal_(0, 0.5)
@@ -74,15 +75,21 @@ def make_attention(pre_lnorm, n_head=2, d_model=8, d_head=3):
         (2, 3, 3, True, 5, True),      # same_length, memory not yet full, clamp
     ],
 )
-def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, mem_len, pre_lnorm):
-    attn = make_attention(pre_lnorm)
+@pytest.mark.parametrize("implementation,distinct", [("reference", False), ("reference", True),
+                                                    ("sdpa", True)])
+def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, mem_len, pre_lnorm,
+                                           implementation, distinct):
+    attn = make_attention(pre_lnorm, implementation=implementation)
     bsz, d_model = 2, 8
     g = torch.Generator().manual_seed(1)
     h = torch.randn(bsz, qlen, d_model, generator=g, dtype=torch.float64)
     mem = torch.randn(bsz, mlen, d_model, generator=g, dtype=torch.float64) if mlen else None
     u = torch.randn(2, 3, generator=g, dtype=torch.float64)
     v = torch.randn(2, 3, generator=g, dtype=torch.float64)
-    pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64)
+    pos_emb = position_encodings(mlen + qlen, d_model, clamp_len, dtype=torch.float64,
+                                 distinct=distinct)
+    if distinct and 0 < clamp_len < mlen + qlen - 1:  # only the distinct clamped distances
+        assert pos_emb.size(0) == clamp_len + 2
     mask = attention_mask(qlen, mlen, same_length, mem_len)
     ours = attn(h, pos_emb, mask, u, v, memory=mem)
     if mem is not None:  # the inference path: the memory's keys/values given, room for the segment's
@@ -94,6 +101,37 @@ def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, m
     ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len)
     # encodings are computed in fp32 (as the originals do), hence not 1e-12
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mlen,qlen,same_length", [(0, 7, False), (9, 5, True), (6, 1, False)])
+def test_fused_attention_equals_the_reference_with_gradients(mlen, qlen, same_length):
+    """fp32: the sdpa kernel (position term as its bias) gives the reference's outputs and the
+    gradients of every input and weight to 1e-5."""
+    results = []
+    for implementation in ("reference", "sdpa"):
+        torch.manual_seed(0)
+        attn = RelativeMultiHeadAttention(4, 16, 8, 0.0, 0.0, implementation=implementation)
+        g = torch.Generator().manual_seed(1)
+        h = torch.randn(2, qlen, 16, generator=g, requires_grad=True)
+        mem = torch.randn(2, mlen, 16, generator=g) if mlen else None
+        u, v = (torch.randn(4, 8, generator=g, requires_grad=True) for _ in range(2))
+        mask = attention_mask(qlen, mlen, same_length, max(mlen, 1)) if qlen > 1 or same_length else None
+        out = attn(h, position_encodings(mlen + qlen, 16, -1), mask, u, v, memory=mem)
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        results.append([out, h.grad, u.grad, v.grad] + [p.grad for p in attn.parameters()])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_expanding_distinct_clamped_scores_gives_the_full_scores():
+    g = torch.Generator().manual_seed(0)
+    full_enc = position_encodings(9, 8, 3)
+    distinct_enc = position_encodings(9, 8, 3, distinct=True)
+    assert full_enc.shape == (10, 8) and distinct_enc.shape == (5, 8)
+    q = torch.randn(2, 4, 8, generator=g)
+    expanded = expand_clamped_positions(q @ distinct_enc.t(), 9)
+    torch.testing.assert_close(expanded, q @ full_enc.t())
+    assert expanded.is_contiguous()
 
 
 def test_rel_shift_realigns_distances():

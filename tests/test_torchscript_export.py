@@ -45,6 +45,7 @@ CONFIGS = {
     "d_embed_projected_div_val_1": ["--mem-len", "5", "--d-embed", "12", "--same-length"],
     "one_tail_cluster_untied": ["--mem-len", "3", "--cutoffs", "25", "--untie-weight",
                                 "--untie-projs", "--div-val", "2"],
+    "sdpa_attention": ["--mem-len", "5", "--attention", "sdpa", "--same-length"],
 }
 
 

@@ -245,6 +245,31 @@ def test_memory_options_are_validated_once_with_one_clear_line():
     assert (dec.memory_options.mem_len, dec.memory_options.clamp_len) == (4, 3)
 
 
+def test_sdpa_attention_model_equals_the_reference_model():
+    """--attention sdpa: training gradients, an evaluation pass with its cache and generation give
+    the reference attention's results (fp32, 1e-5)."""
+    models = [small_decoder(attention=impl, mem_len=6, same_length=True, clamp_len=5)
+              for impl in ("reference", "sdpa")]
+    assert [m.layers[0].attn.implementation for m in models] == ["reference", "sdpa"]
+    x, y = tokens(2, 16), tokens(2, 16, seed=1)
+    for i, (seg, tgt) in enumerate(zip(x.split(4, 1), y.split(4, 1))):
+        outs = [m(seg, memory_key="train", segment_index=i)[0] for m in models]
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+        for m, out in zip(models, outs):
+            m.target_log_probs(out, tgt).sum().backward()
+    for a, b in zip(*(m.parameters() for m in models)):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        evaluated = [validation_pass(m, x.split(5, 1)) for m in models]
+        generated = []
+        for m in models:
+            state = {}
+            generated.append([m(x[:, :t], incremental_state=state)[0] for t in range(1, 9)])
+    for got, want in zip(evaluated[1] + generated[1], evaluated[0] + generated[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_no_gradient_reaches_memory():
     dec = small_decoder(mem_len=8, untie_weight=True)
     first = torch.full((2, 8), 40)  # token 40 appears only in the first segment

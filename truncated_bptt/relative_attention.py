@@ -63,12 +63,33 @@ def sinusoidal_encoding(positions: Tensor, d_model: int) -> Tensor:
 
 
 def position_encodings(klen: int, d_model: int, clamp_len: int, device: Optional[torch.device] = None,
-                       dtype: Optional[torch.dtype] = None) -> Tensor:
+                       dtype: Optional[torch.dtype] = None, distinct: bool = False) -> Tensor:
     """``[klen + 1, d_model]``: a zero row (the pad :func:`rel_shift` relies on), then the encodings
-    of distances ``klen-1, ..., 0`` (clamped)."""
-    enc = sinusoidal_encoding(relative_positions(klen, clamp_len, device), d_model)
+    of distances ``klen-1, ..., 0`` (clamped).
+
+    With ``distinct`` and a clamp that leaves fewer distinct distances (``clamp_len + 1 < klen``),
+    only ``[clamp_len + 2, d_model]``: the zero row, then distances ``clamp_len, ..., 0``. The
+    attention then scores the position term against those rows only and repeats the score of
+    ``clamp_len`` for the longer distances (:func:`expand_clamped_positions`), which gives the same
+    scores with fewer FLOPs (not with dropout on the encodings: each row would get its own mask).
+    """
+    rows = klen
+    if distinct and 0 < clamp_len < klen - 1:
+        rows = clamp_len + 1
+    enc = sinusoidal_encoding(relative_positions(rows, clamp_len, device), d_model)
     enc = F.pad(enc, [0, 0, 1, 0])
     return enc if dtype is None else enc.to(dtype)
+
+
+def expand_clamped_positions(position: Tensor, klen: int) -> Tensor:
+    """Position scores ``[..., P + 1]`` against the encodings of :func:`position_encodings`
+    (column 0 the pad, then distances ``P-1 .. 0``) -> ``[..., klen + 1]``, contiguous: the score of
+    the clamped distance (column 1) repeated for the distances beyond it."""
+    missing = klen + 1 - position.size(-1)
+    if missing <= 0:
+        return position
+    shape = list(position.shape[:-1]) + [missing]
+    return torch.cat([position[..., :1], position[..., 1:2].expand(shape), position[..., 1:]], dim=-1)
 
 
 def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
@@ -112,7 +133,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     """Attention of ``T`` queries over ``K`` keys with Transformer-XL's relative positions.
 
     q ``[B, T, H, Dh]``; k, v ``[B, K, H, Dh]`` (memory first, then the segment); position_keys
-    ``[K + 1, H, Dh]`` (``r_net`` of :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
+    ``[K + 1, H, Dh]`` or, for distinct clamped distances, fewer rows (``r_net`` of
+    :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
     mask bool ``[T, K]`` or None. Returns ``[B, T, H * Dh]``. Scores are masked and normalised in
     fp32 whatever the input dtype.
     """
@@ -125,7 +147,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     # Position term (q + v).R for every (query, encoding row), one GEMM per head over all
     # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
     q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
-    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))
+    position = expand_clamped_positions(position.view(n_head, bsz, qlen, -1), klen)
     # In place: neither matmul's nor masked_fill's backward needs these values.
     score.add_(rel_shift(position).transpose(0, 1))
     if score.dtype == torch.float16 or score.dtype == torch.bfloat16:
@@ -139,6 +162,33 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
 
+def fused_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
+                             r_w_bias: Tensor, r_r_bias: Tensor, mask: Optional[Tensor],
+                             dropatt: float = 0.0, training: bool = False) -> Tensor:
+    """:func:`relative_attention` through torch's fused ``scaled_dot_product_attention``.
+
+    The position term (after the relative shift, masked with ``-inf``) is the kernel's additive
+    attention bias; the kernel computes the content term, the softmax and the weighted sum without
+    keeping the probabilities (on CUDA the memory-efficient kernel, which supports a bias and its
+    gradient). Same arguments and result as :func:`relative_attention`; no row is ever fully masked
+    (a query always sees itself), so ``-inf`` gives no NaN.
+    """
+    bsz, qlen, n_head, d_head = q.shape
+    klen = k.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))
+    position = expand_clamped_positions(position.view(n_head, bsz, qlen, -1), klen)
+    bias = rel_shift(position).transpose(0, 1)
+    if mask is not None:
+        bias = bias.masked_fill(mask, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        (q + r_w_bias).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=bias.contiguous(), dropout_p=dropatt if training else 0.0, scale=scale,
+    )
+    return out.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
+
+
 class RelativeMultiHeadAttention(nn.Module):
     """Relative multi-head attention sublayer with residual connection and LayerNorm.
 
@@ -148,10 +198,13 @@ class RelativeMultiHeadAttention(nn.Module):
     """
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float,
-                 pre_lnorm: bool = False):
+                 pre_lnorm: bool = False, implementation: str = "auto"):
         super().__init__()
         self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
         self.pre_lnorm = pre_lnorm
+        # "reference" (relative_attention), "sdpa" (fused_relative_attention), or "auto": sdpa on
+        # CUDA, reference elsewhere (docs/model.md: what was measured on CPU)
+        self.implementation = implementation
         self.dropout, self.dropatt = dropout, dropatt
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
@@ -189,10 +242,14 @@ class RelativeMultiHeadAttention(nn.Module):
             kv = torch.cat([self.memory_keys_values(memory).to(kv.dtype), kv], dim=1)
         if position_keys is None:
             position_keys = F.linear(encodings, self.r_net.weight)
-        attn = relative_attention(
-            qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1], position_keys.view(-1, n_head, d_head),
-            r_w_bias, r_r_bias, mask, self.dropatt, self.training,
-        )
+        q, k, v = qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]
+        position_keys = position_keys.view(-1, n_head, d_head)
+        if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
+            attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                            self.dropatt, self.training)
+        else:
+            attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                      self.dropatt, self.training)
         out = self.o_net(attn)
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)

@@ -119,7 +119,8 @@ class TransformerXLScorer(nn.Module):
         qlen = tokens.size(1)
         mlen = mems[0].size(1) if len(mems) > 0 else 0
         mask = attention_mask(qlen, mlen, self.same_length, self.mem_len, h.device)
-        encodings = position_encodings(mlen + qlen, self.d_model, self.clamp_len, h.device, h.dtype)
+        encodings = position_encodings(mlen + qlen, self.d_model, self.clamp_len, h.device, h.dtype,
+                                       distinct=True)
         context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get())
         new_mems: List[Tensor] = []
         for i, layer in enumerate(self.layers):

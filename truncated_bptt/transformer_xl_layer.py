@@ -42,9 +42,10 @@ class TransformerXLLayer(nn.Module):
     """
 
     def __init__(self, n_head, d_model, d_head, d_inner, dropout, dropatt, pre_lnorm=False,
-                 untie_r=False):
+                 untie_r=False, attention="auto"):
         super().__init__()
-        self.attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
+        self.attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout, dropatt, pre_lnorm,
+                                               attention)
         self.ff = PositionwiseFeedForward(d_model, d_inner, dropout, pre_lnorm)
         if untie_r:
             self.r_w_bias = nn.Parameter(torch.empty(n_head, d_head))

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import (
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from truncated_bptt.adaptive_input import AdaptiveInput
+from truncated_bptt.compiled_layers import CompiledLayers
 from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
 from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
@@ -91,6 +92,17 @@ class TransformerXLConfig(FairseqDataclass):
     )
     offload_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations and keep the saved ones on CPU"}
+    )
+    attention: ChoiceEnum(["auto", "reference", "sdpa"]) = field(
+        default="auto", metadata={"help": "attention kernel: reference (matmuls + softmax), sdpa "
+                                          "(torch's fused scaled_dot_product_attention with the "
+                                          "position term as its bias), auto (sdpa on CUDA, "
+                                          "reference on CPU); all give the same results"}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "run the layers through torch.compile (inductor: a C++ "
+                                         "compiler on CPU, triton on CUDA); where compiling fails, "
+                                         "one warning and eager execution"}
     )
     zero_initial_memory: bool = field(
         default=False, metadata={"help": "start every stream with mem_len zero vectors of memory, as "
@@ -161,6 +173,15 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
         return UNLIMITED_POSITIONS
 
 
+def _choice(value) -> str:
+    """A ChoiceEnum config value as its string (omegaconf may hand over the enum member)."""
+    return str(getattr(value, "value", value))
+
+
+def _eager(layer, *args):
+    return layer(*args)
+
+
 @dataclass
 class GenerationState:
     """What one generation (fairseq's ``incremental_state``) keeps: the memory after the tokens
@@ -190,7 +211,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.embed = AdaptiveInput(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.layers = nn.ModuleList(
             TransformerXLLayer(cfg.n_head, d_model, cfg.d_head, cfg.d_inner, cfg.dropout, cfg.dropatt,
-                               cfg.pre_lnorm, untie_r=not cfg.tie_r)
+                               cfg.pre_lnorm, untie_r=not cfg.tie_r,
+                               attention=_choice(getattr(cfg, "attention", "auto")))
             for _ in range(cfg.n_layer)
         )
         if cfg.tie_r:
@@ -201,6 +223,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.softmax = ProjectedAdaptiveSoftmax(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.reset_parameters()
         self.tie_output_to_input()
+        self.compiled_layers = CompiledLayers() if getattr(cfg, "compile", False) else None
         self._stream_memory: Dict[str, XLMemory] = {}  # memory_key -> memory of those streams
         self._stream_caches: Dict[str, InferenceCache] = {}  # memory_key -> its pass's cache
         self._cache_epoch = 0  # advanced whenever the weights may change (inference_cache.py)
@@ -286,13 +309,16 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
     def _mask_and_encodings(self, qlen: int, mlen: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
         """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden: a single new
-        token without same_length) and the position encodings ``[mlen + qlen + 1, d_model]``."""
+        token without same_length) and the position encodings (``[mlen + qlen + 1, d_model]``, or
+        fewer rows for distinct clamped distances: :func:`position_encodings`)."""
         opts = self.memory_options
         mask = None
         if qlen > 1 or opts.same_length:
             mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, device=like.device)
+        # Distinct clamped distances only, unless dropout gives each encoding row its own mask.
+        distinct = not (self.training and self.cfg.dropout > 0.0)
         encodings = position_encodings(mlen + qlen, self.cfg.d_model, opts.clamp_len, like.device,
-                                       like.dtype)
+                                       like.dtype, distinct=distinct)
         return mask, encodings
 
     def _memory_writer(self, memory: Optional[XLMemory], qlen: int,
@@ -303,11 +329,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return GrowingWriter(self.layers, memory, qlen, self.memory_options.mem_len, cache, like)
 
     def _call_layer(self, layer, h, context, memory, keys_values, position_keys) -> Tensor:
+        call = self.compiled_layers if self.compiled_layers is not None else _eager
         if self.training and torch.is_grad_enabled() \
                 and (self.cfg.checkpoint_activations or self.cfg.offload_activations):
-            return checkpoint(layer, h, context, memory, keys_values, position_keys,
+            return checkpoint(call, layer, h, context, memory, keys_values, position_keys,
                               use_reentrant=False)
-        return layer(h, context, memory, keys_values, position_keys)
+        return call(layer, h, context, memory, keys_values, position_keys)
 
     def _offload_context(self):
         if self.training and torch.is_grad_enabled() and self.cfg.offload_activations:

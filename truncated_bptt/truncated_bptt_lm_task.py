@@ -26,6 +26,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
 from truncated_bptt import generation
+from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -83,6 +84,7 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
+        setup_checks.check_task_setup(cfg, TruncatedBPTTLMConfig, **kwargs)
         if cfg.tokens_per_sample <= 0:
             raise ValueError(
                 f"--tokens-per-sample must be positive (got {cfg.tokens_per_sample}); "
@@ -159,8 +161,9 @@ class TruncatedBPTTLMTask(FairseqTask):
         **kwargs,
     ):
         """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
-        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions`` and batching by size do
-        not apply. Other datasets (fairseq-interactive prompts) are batched as fairseq does."""
+        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions``, batching by size and
+        ``num_workers`` / ``data_buffer_size`` (there is nothing to load) do not apply. Other
+        datasets (fairseq-interactive prompts) are batched as fairseq does."""
         if not isinstance(dataset, TokenStream):
             return super().get_batch_iterator(
                 dataset, max_tokens=max_tokens, max_sentences=max_sentences,
@@ -193,8 +196,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
             pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
         )
+        # A step's batch is two slices of a tensor already in memory (microseconds): a data-loader
+        # worker process (fairseq's default --num-workers 1) or prefetching thread only competes
+        # with the model for the CPU, so the streams are always read in the main thread.
         return StreamEpochBatchIterator(
-            streams, epoch=epoch, num_workers=num_workers, buffer_size=data_buffer_size,
+            streams, epoch=epoch, num_workers=0, buffer_size=0,
             skip_remainder_batch=skip_remainder_batch, memory_keeper=self.memory_keeper,
         )
 
@@ -246,6 +252,7 @@ class TruncatedBPTTLMTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         """The model, in bf16 with --bf16 (fairseq-eval-lm/-generate would otherwise score in fp32)."""
         model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        vocabulary_check.refuse_other_vocabulary_on_load(model, len(self.dictionary), self.cfg.data)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
         return model

@@ -1,0 +1,110 @@
+"""Where the time of a training step and of a scoring step goes (torch.profiler, CPU).
+
+The benchmark configuration of benchmarks/compare.py (4 layers, d_model 256, 4 heads x 64,
+d_inner 1024, WikiText-2's vocabulary with cutoffs 2000,10000): training 8 x 128 tokens with
+mem_len 128 (forward, target-indexed loss, backward); scoring 1 x 64 tokens with mem_len 640,
+clamp_len 400, same_length, in an inference pass (memory filled first). Prints, for each, the
+operators by their own (self) CPU time, and writes the same to
+``benchmarks/results/profile-<UTC time>.txt``:
+
+    .venv/py310/bin/python -m benchmarks.profile_model [--attention sdpa] [--compile]
+"""
+import argparse
+import datetime
+import os
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.model_speed import WT2_TYPES, build_dictionary, text_tokens, zipf_tokens
+from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build(args):
+    dictionary = build_dictionary(args.train_txt, WT2_TYPES)
+    cfg = TransformerXLConfig(n_layer=4, d_model=256, n_head=4, d_head=64, d_inner=1024,
+                              cutoffs=[2000, 10000], dropout=0.0, dropatt=0.0, mem_len=128,
+                              tokens_per_sample=128, attention=args.attention, compile=args.compile)
+    torch.manual_seed(0)
+    model = TransformerXLDecoder(cfg, dictionary)
+    shape = (8, 128 * 16 + 1)
+    stream = text_tokens(dictionary, args.train_txt, shape, "cpu") if args.train_txt else None
+    if stream is None:
+        stream = zipf_tokens(len(dictionary), shape, torch.Generator().manual_seed(0), "cpu")
+    return model, stream
+
+
+def table(prof, rows: int) -> str:
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def profile_training(model, stream, steps: int) -> str:
+    model.train()
+
+    def step(i):
+        src, tgt = stream[:, i * 128:(i + 1) * 128], stream[:, i * 128 + 1:(i + 1) * 128 + 1]
+        features, _ = model(src, memory_key="train", segment_index=i)
+        (-model.target_log_probs(features, tgt).sum()).backward()
+        model.zero_grad(set_to_none=True)
+
+    for i in range(3):  # warm-up (and compilation with --compile)
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(3, 3 + steps):
+            step(i)
+    return table(prof, 25)
+
+
+@torch.no_grad()
+def profile_scoring(model, stream, steps: int) -> str:
+    model.set_memory_options(mem_len=640, clamp_len=400, same_length=True)
+    model.eval()
+    tokens = stream[0].unsqueeze(0)
+
+    def step(i):
+        src, tgt = tokens[:, i * 64:(i + 1) * 64], tokens[:, i * 64 + 1:(i + 1) * 64 + 1]
+        features, _ = model(src, memory_key="valid", segment_index=i)
+        model.target_log_probs(features, tgt)
+
+    for i in range(12):  # fill the memory to its full 640 positions first
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(12, 12 + steps):
+            step(i)
+    return table(prof, 25)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-txt", default="/work/shared/data/wikitext-2/train.txt")
+    parser.add_argument("--attention", default="auto", choices=["auto", "reference", "sdpa"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.train_txt and not os.path.exists(args.train_txt):
+        args.train_txt = None
+    model, stream = build(args)
+    report = [f"profile of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, attention {args.attention}, compile {args.compile}, "
+              f"load average {os.getloadavg()[0]:.2f}",
+              f"\ntraining step (8 x 128 tokens, mem_len 128), {args.steps} steps:",
+              profile_training(model, stream, args.steps),
+              f"\nscoring step (1 x 64 tokens, mem_len 640, clamp_len 400, same_length), "
+              f"{2 * args.steps} steps:",
+              profile_scoring(model, stream, 2 * args.steps)]
+    text = "\n".join(report)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"profile-{datetime.datetime.utcnow():%Y%m%d-%H%M%S}.txt")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
