@@ -26,7 +26,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
-from truncated_bptt import generation
+from truncated_bptt import generation, word_perplexity
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -67,6 +67,13 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
     bf16: bool = II("common.bf16")
     fp16: bool = II("common.fp16")
     max_update: int = II("optimization.max_update")
+    # ---- fairseq-eval-lm: per-word figures of subword models (truncated_bptt/word_perplexity.py)
+    word_pieces: Optional[ChoiceEnum(list(word_perplexity.SCHEMES))] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm: also report loss and perplexity per word, the tokens "
+                          "being sentencepiece or subword_nmt pieces (every </s> counts as a word)"},
+    )
+    post_process: Optional[str] = II("common_eval.post_process")  # refused for sentencepiece
 
 
 @register_task("truncated_bptt_lm", dataclass=TruncatedBPTTLMConfig)
@@ -80,6 +87,7 @@ class TruncatedBPTTLMTask(FairseqTask):
         self._warned_max_tokens = False
         self.carried_memory = generation.CarriedMemory()
         self._generation_models = []  # the models the last build_generator wrapped
+        self.word_scores = word_perplexity.from_task_config(cfg, dictionary)  # --word-pieces
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
@@ -219,10 +227,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset.name, streams * num_shards, f"{len(dataset) // (streams * num_shards):,}",
             self.cfg.tokens_per_sample,
         )
-        return self.get_batch_iterator(
+        batches = self.get_batch_iterator(
             dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+        return word_perplexity.eval_lm_batches(self.cfg, self.word_scores, batches)  # --word-pieces
 
     # ---- generation (fairseq-generate / fairseq-interactive): truncated_bptt/generation.py ------
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
@@ -267,6 +276,8 @@ class TruncatedBPTTLMTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint=from_checkpoint)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
+        if self.word_scores is not None:  # --word-pieces: fairseq-eval-lm's scores, per word
+            self.word_scores.watch(model)
         return model
 
     def build_criterion(self, cfg):
