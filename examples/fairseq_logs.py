@@ -14,9 +14,12 @@ validation (``valid``) and one per epoch (``train``), in the ``--log-format`` ch
     ... | valid | {"epoch": 1, "valid_loss": "4.402", ..., "valid_num_updates": "196"}
 
 Losses are in base 2 (``ppl = 2 ** loss``). This reads any mix of these from stdout captures,
-``--log-file`` files and hydra's ``hydra_train.log``.
+``--log-file`` files and hydra's ``hydra_train.log``; with several ``--valid-subset``s each
+validation record names its subset. :func:`read_tensorboard_dir` reads the same records from a
+``--tensorboard-logdir`` directory.
 """
 import json
+import os
 import re
 from typing import Dict, List, Optional
 
@@ -52,15 +55,18 @@ def parse_record(line: str) -> Optional[Dict]:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            if "valid_loss" in data:
-                kind, prefix = "valid", "valid_"
+            subset = _json_valid_subset(data)
+            if subset is not None:
+                kind, prefix = "valid", subset + "_"
             elif "update" in data and "loss" in data:
                 kind, prefix = "train", ""
             else:
                 return None  # end-of-epoch averages ("train_loss") or something else
             fields = {k[len(prefix):]: _number(str(v)) for k, v in data.items() if k.startswith(prefix)}
             fields = {k: v for k, v in fields.items() if v is not None}
-            return dict(fields, kind=kind) if "num_updates" in fields else None
+            if "num_updates" not in fields:
+                return None
+            return dict(fields, kind=kind, subset=subset) if subset else dict(fields, kind=kind)
     m = _VALID.search(line)
     if m:
         fields = _pairs(m.group("fields"), "|", " ")
@@ -69,6 +75,17 @@ def parse_record(line: str) -> Optional[Dict]:
     if m:
         fields = _pairs(m.group("fields"), ",", "=")
         return dict(fields, kind="train") if "num_updates" in fields else None
+    return None
+
+
+def _json_valid_subset(data: Dict) -> Optional[str]:
+    """The subset of a JSON validation record (``{"valid_loss": ..., "valid_num_updates": ...}``,
+    or ``test_...`` for ``--valid-subset valid,test``); None for training records."""
+    for key in data:
+        if key.endswith("_loss") and not key.startswith("train_"):
+            subset = key[:-len("_loss")]
+            if f"{subset}_num_updates" in data:
+                return subset
     return None
 
 
@@ -90,3 +107,50 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
         raise ValueError("no 'Loss (base 2): ..., Perplexity: ...' line in fairseq-eval-lm's output")
     last = matches[-1]
     return {"loss": float(last.group("loss")), "ppl": float(last.group("ppl"))}
+
+
+# ---- tensorboard -------------------------------------------------------------------------------
+# fairseq's --tensorboard-logdir DIR writes one event directory per progress-bar tag: DIR/train_inner
+# (every --log-interval updates), DIR/train (end of epoch) and DIR/<subset> for every validation
+# subset (DIR/valid, DIR/test, ...), each scalar under its plain name ("loss", "ppl", "lr", ...)
+# at step num_updates.
+_TRAIN_TAGS = {"train_inner": "train", "train": None}  # epoch averages are not curve points
+
+
+def is_tensorboard_dir(path: str) -> bool:
+    """Whether ``path`` is a directory holding tensorboard event files (at any depth)."""
+    if not os.path.isdir(path):
+        return False
+    return any(name.startswith("events.out.tfevents") for _, _, files in os.walk(path)
+               for name in files)
+
+
+def _scalars_by_step(event_dir: str) -> Dict[int, Dict[str, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(event_dir, size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    steps: Dict[int, Dict[str, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            steps.setdefault(event.step, {})[tag] = event.value
+    return steps
+
+
+def read_tensorboard_dir(path: str) -> Dict[str, List[Dict]]:
+    """The records of :func:`read_training_log` from fairseq's ``--tensorboard-logdir`` ``path``:
+    ``train`` from ``train_inner``, ``valid`` from every other tag but ``train`` (each record
+    naming its ``subset``), ordered by update. Needs the ``tensorboard`` package."""
+    records: Dict[str, List[Dict]] = {"train": [], "valid": []}
+    for tag in sorted(os.listdir(path), key=lambda t: (t != "valid", t)):
+        event_dir = os.path.join(path, tag)
+        if not is_tensorboard_dir(event_dir):
+            continue
+        kind = _TRAIN_TAGS.get(tag, "valid")
+        if kind is None:
+            continue
+        for step, fields in sorted(_scalars_by_step(event_dir).items()):
+            record = dict(fields, num_updates=step, kind=kind)
+            records[kind].append(dict(record, subset=tag) if kind == "valid" else record)
+    records["valid"].sort(key=lambda r: r["num_updates"])
+    return records
