@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 _INNER = re.compile(r"epoch \d+:\s+\d+ / \d+ (?P<fields>.*)$")
 _VALID = re.compile(r"valid on '(?P<subset>[^']+)' subset \| (?P<fields>.*)$")
 _EVAL_LM = re.compile(r"Loss \(base 2\): (?P<loss>[\d.]+), Perplexity: (?P<ppl>[\d.]+)")
+_EVAL_LM_WORDS = re.compile(r"Word-level loss \(base 2\): (?P<loss>[\d.]+), word-level perplexity: "
+                            r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words")
 
 
 def _number(text: str) -> Optional[float]:
@@ -101,12 +103,20 @@ def read_training_log(path: str) -> Dict[str, List[Dict]]:
 
 
 def parse_eval_lm(output: str) -> Dict[str, float]:
-    """fairseq-eval-lm's summary line -> ``{"loss": base-2 loss, "ppl": perplexity}``."""
+    """fairseq-eval-lm's summary line -> ``{"loss": base-2 loss, "ppl": perplexity}`` (per token;
+    bits per character for a character-level model), plus ``word_loss``, ``word_ppl`` and
+    ``words`` when ``--word-pieces`` reported per-word figures."""
     matches = list(_EVAL_LM.finditer(output))
     if not matches:
         raise ValueError("no 'Loss (base 2): ..., Perplexity: ...' line in fairseq-eval-lm's output")
     last = matches[-1]
-    return {"loss": float(last.group("loss")), "ppl": float(last.group("ppl"))}
+    result = {"loss": float(last.group("loss")), "ppl": float(last.group("ppl"))}
+    words = list(_EVAL_LM_WORDS.finditer(output))
+    if words:
+        w = words[-1]
+        result.update(word_loss=float(w.group("loss")), word_ppl=float(w.group("ppl")),
+                      words=int(w.group("words").replace(",", "")))
+    return result
 
 
 # ---- tensorboard -------------------------------------------------------------------------------

@@ -109,3 +109,13 @@ def test_tensorboard_dir_as_fairseq_writes_it(tmp_path):
     assert [(r["subset"], r["num_updates"], r["loss"]) for r in records["valid"]] == [
         ("valid", 2, 5.25), ("test", 2, 5.75)]
     assert records["valid"][0]["ppl"] == pytest.approx(2 ** 5.25)
+
+
+def test_eval_lm_summary_with_per_word_figures():
+    out = ("... | truncated_bptt.word_perplexity | Word-level loss (base 2): 6.1234, word-level "
+           "perplexity: 69.73 (sentencepiece pieces merged: 1,234 words incl. one </s> per line, "
+           "over 5,678 scored tokens)\n"
+           "... | fairseq_cli.eval_lm | Evaluated 5,678 tokens in 3.1s (1831.61 tokens/s)\n"
+           "... | fairseq_cli.eval_lm | Loss (base 2): 1.3307, Perplexity: 2.52\n")
+    assert fairseq_logs.parse_eval_lm(out) == {"loss": 1.3307, "ppl": 2.52, "word_loss": 6.1234,
+                                               "word_ppl": 69.73, "words": 1234}
