@@ -54,6 +54,8 @@ def test_shards_hold_the_text_in_order_with_one_dictionary(shards):
     assert os.path.exists(os.path.join(dirs[0], "test.bin"))
     assert not any(os.path.exists(os.path.join(d, "valid.bin")) for d in dirs[1:])
     assert not (root / "data-bin" / "text").exists()  # the shards' text is removed
+    # the README's `ls -d DESTDIR/shard* | paste -sd:` lists exactly the shards
+    assert sorted(str(p) for p in (root / "data-bin").glob("shard*")) == dirs
 
 
 def test_each_epoch_streams_its_whole_shard_in_order(shards):

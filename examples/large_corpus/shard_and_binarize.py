@@ -109,9 +109,11 @@ def binarize_shard(args, k: int, text: str, shard_dir: str, srcdict: str) -> Tup
     if k == 0:
         options += [x for name in ("valid", "test") if getattr(args, name)
                     for x in (f"--{name}pref", getattr(args, name))]
-    with open(shard_dir + ".log", "w") as log:
+    os.makedirs(shard_dir, exist_ok=True)
+    log_path = os.path.join(shard_dir, "binarize.log")
+    with open(log_path, "w") as log:
         proc = subprocess.run(fairseq_preprocess(*options), stdout=log, stderr=subprocess.STDOUT)
-    return proc.returncode, shard_dir + ".log"
+    return proc.returncode, log_path
 
 
 def main(argv: Sequence[str] = None):
