@@ -24,3 +24,14 @@ def test_decode_restores_text_and_marks_what_is_not_a_byte():
     assert ByteTokens().decode(ByteTokens().encode(TEXT)) == TEXT
     assert decode_tokens(encode_bytes("é".encode("utf-8")[:1])) == "\ufffd"  # half a character
     assert decode_tokens(encode_bytes(b"a b") + " <unk> " + encode_bytes(b"c")) == "a b<unk>c"
+
+
+def test_registered_as_a_fairseq_bpe_with_a_config():
+    """A config dataclass is what lets fairseq 0.12's command line (hydra) select it."""
+    import truncated_bptt  # noqa: F401
+    from fairseq.registry import REGISTRIES
+
+    bpe = REGISTRIES["bpe"]
+    assert bpe["registry"]["byte_tokens"] is ByteTokens
+    assert "byte_tokens" in bpe["dataclass_registry"]
+    assert "bytes" not in bpe["dataclass_registry"]  # fairseq's own, which its CLI cannot select
