@@ -4,6 +4,7 @@ stopped in the middle of a shard resumes exactly (the real fairseq-train)."""
 import json
 import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -111,7 +112,9 @@ def test_training_over_shards_resumes_mid_shard_exactly(shards, tmp_path):
     stop = per_epoch[0] + (per_epoch[1] - per_epoch[0]) // 2 // 5 * 5  # a checkpoint in shard1
     assert per_epoch[0] < stop < per_epoch[1]
 
-    train(tmp_path / "b", stop)
-    resumed = train(tmp_path / "b", 10_000)  # restarts from checkpoint_last.pt in the middle of shard1
+    # the run's own checkpoint of update `stop` (epoch 2) as the last checkpoint of a new run
+    os.makedirs(tmp_path / "b")
+    shutil.copyfile(tmp_path / "a" / f"checkpoint_2_{stop}.pt", tmp_path / "b" / "checkpoint_last.pt")
+    resumed = train(tmp_path / "b", 10_000)  # restarts in the middle of shard1
     assert "shard1/train" in resumed.split("train_inner")[0]
     assert _losses(resumed) == [r for r in reference if r[0] > stop]

@@ -93,15 +93,6 @@ def test_eval_lm_reports_per_word_figures_of_the_sentencepiece_pieces(corpus):
     assert token_loss < 0.8 * 5.977  # trained: well below a uniform guess over 63 symbols
 
 
-def test_eval_lm_post_process_sentencepiece_points_to_word_pieces(corpus):
-    root, _ = corpus
-    proc = run("fairseq-eval-lm", root / "data-bin", "--user-dir", USER_DIR, "--task",
-               "truncated_bptt_lm", "--path", root / "ckpt" / "checkpoint_last.pt", "--gen-subset",
-               "test", "--batch-size", 1, "--post-process", "sentencepiece", "--cpu", check=False)
-    assert proc.returncode != 0
-    assert "pass --word-pieces sentencepiece" in proc.stdout, proc.stdout[-3000:]
-
-
 def _lines_starting(out, prefix):
     return {line.split("\t")[0][len(prefix):]: line.split("\t")
             for line in out.splitlines() if line.startswith(prefix)}
