@@ -1,7 +1,2 @@
-"""Make the repository's copy of ``truncated_bptt`` the one tests import, whatever is installed."""
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if sys.path[0] != ROOT:
-    sys.path.insert(0, ROOT)
+"""Shared pytest fixtures. (The import path is set in pytest.ini: the repository root first, so the
+tests import this checkout's ``truncated_bptt`` whatever is installed, then ``tests/``.)"""

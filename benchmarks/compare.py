@@ -105,12 +105,16 @@ def xl_shape(m: Dict, vocab: int) -> XLShape:
     return XLShape(m["n_layer"], m["d_model"], m["n_head"], m["d_head"], m["d_inner"], vocab, m["cutoffs"])
 
 
-def run_cmd(cmd: List[str], log_path: str, threads: int, timeout: Optional[float] = None) -> Dict:
+def run_cmd(cmd: List[str], log_path: str, threads: int, timeout: Optional[float] = None,
+            pythonpath: Optional[str] = None) -> Dict:
     """Run a command with `threads` BLAS/OpenMP threads, all output to log_path; return its exit code,
-    wall time, peak RSS (MiB, from the kernel's accounting of that child) and output."""
+    wall time, peak RSS (MiB, from the kernel's accounting of that child) and output. The child's
+    PYTHONPATH is `pythonpath` (default: none, so each side imports only its own environment)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -257,7 +261,7 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
     # hits both; each side's figure is its best round (the least disturbed one).
     train = {OURS: [], EXAMPLE: []}
     common = [data, "--task", "truncated_bptt_lm", "--tokens-per-sample", str(BENCH_TPS),
-              "--batch-size", str(BENCH_BATCH), "--cpu", "--seed", "1", "--num-workers", "0",
+              "--batch-size", str(BENCH_BATCH), "--cpu", "--seed", "1",
               *model_flags(BENCH_MODEL)]
     for r in range(args.rounds):
         for name in (EXAMPLE, OURS):
@@ -315,7 +319,7 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
         path = os.path.join(work, f"eval_speed-{name}-b{streams}-{dtype}-{i}.out")
         log(f"fairseq-eval-lm speed, {name}, batch {streams}, {dtype}")
         cmd = [side.cli("fairseq-eval-lm"), data, "--path", ckpts[name], "--user-dir", side.user_dir,
-               "--task", "truncated_bptt_lm", "--gen-subset", "speedtest", "--cpu", "--num-workers", "0",
+               "--task", "truncated_bptt_lm", "--gen-subset", "speedtest", "--cpu",
                "--batch-size", str(streams), "--required-batch-size-multiple", "1",
                "--tokens-per-sample", str(EVAL_TPS), "--model-overrides", overrides]
         if dtype == "bf16":
@@ -376,7 +380,7 @@ def quality_flags(args, seed: int = 1) -> List[str]:
             "--optimizer", "adam", "--adam-betas", "(0.9, 0.999)", "--clip-norm", "0.25",
             "--lr", str(args.quality_lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
             "--warmup-init-lr", "1e-07",
-            "--cpu", "--seed", str(seed), "--num-workers", "0", "--log-format", "json", "--log-interval", "25",
+            "--cpu", "--seed", str(seed), "--log-format", "json", "--log-interval", "25",
             "--disable-validation", "--no-epoch-checkpoints"]
 
 
@@ -466,7 +470,7 @@ def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results:
                          f'"same_length": {mem["same_length"]}}}')
             res = check(run_cmd([side.cli("fairseq-eval-lm"), data, "--path", run["checkpoint"],
                                  "--user-dir", side.user_dir, "--task", "truncated_bptt_lm",
-                                 "--gen-subset", test_split, "--cpu", "--num-workers", "0",
+                                 "--gen-subset", test_split, "--cpu",
                                  "--batch-size", str(args.quality_eval_streams),
                                  "--required-batch-size-multiple", "1",
                                  "--tokens-per-sample", str(mem["tps"]), "--model-overrides", overrides],

@@ -209,9 +209,8 @@ def main():
 
     if args.skip_eval:
         return
-    model.cfg.mem_len = args.eval_mem_len
-    model.cfg.clamp_len = args.eval_clamp_len
-    model.cfg.same_length = True
+    model.set_memory_options(mem_len=args.eval_mem_len, clamp_len=args.eval_clamp_len,
+                             same_length=True)
     model.eval()
     etps = args.eval_tokens_per_sample
     eval_stream = stream[:1]

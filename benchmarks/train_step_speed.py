@@ -84,7 +84,7 @@ def main():
         seed=cfg.common.seed,
         num_shards=1,
         shard_id=0,
-        num_workers=0,
+        num_workers=cfg.dataset.num_workers,  # fairseq-train's default unless the flags set it
         epoch=1,
     ).next_epoch_itr(shuffle=False)
     model.train()

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 _INNER = re.compile(r"epoch \d+:\s+\d+ / \d+ (?P<fields>.*)$")
 _VALID = re.compile(r"valid on '(?P<subset>[^']+)' subset \| (?P<fields>.*)$")
 _EVAL_LM = re.compile(r"Loss \(base 2\): (?P<loss>[\d.]+), Perplexity: (?P<ppl>[\d.]+)")
+_EVAL_SPEED = re.compile(r"Evaluated (?P<tokens>[\d,]+) tokens in [\d.]+s \((?P<rate>[\d.]+) tokens/s\)")
 _EVAL_LM_WORDS = re.compile(r"Word-level loss \(base 2\): (?P<loss>[\d.]+), word-level perplexity: "
                             r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words")
 
@@ -103,14 +104,19 @@ def read_training_log(path: str) -> Dict[str, List[Dict]]:
 
 
 def parse_eval_lm(output: str) -> Dict[str, float]:
-    """fairseq-eval-lm's summary line -> ``{"loss": base-2 loss, "ppl": perplexity}`` (per token;
-    bits per character for a character-level model), plus ``word_loss``, ``word_ppl`` and
+    """fairseq-eval-lm's summary lines -> ``{"loss": base-2 loss, "ppl": perplexity}`` (per token;
+    bits per character for a character-level model), plus ``"tokens"`` and ``"tokens_per_s"``
+    from its "Evaluated N tokens in ... (R tokens/s)" line, and ``word_loss``, ``word_ppl`` and
     ``words`` when ``--word-pieces`` reported per-word figures."""
     matches = list(_EVAL_LM.finditer(output))
     if not matches:
         raise ValueError("no 'Loss (base 2): ..., Perplexity: ...' line in fairseq-eval-lm's output")
     last = matches[-1]
     result = {"loss": float(last.group("loss")), "ppl": float(last.group("ppl"))}
+    speeds = list(_EVAL_SPEED.finditer(output))
+    if speeds:
+        result["tokens"] = int(speeds[-1].group("tokens").replace(",", ""))
+        result["tokens_per_s"] = float(speeds[-1].group("rate"))
     words = list(_EVAL_LM_WORDS.finditer(output))
     if words:
         w = words[-1]

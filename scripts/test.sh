@@ -24,7 +24,7 @@ for stack in "${stacks[@]}"; do
   echo "=== $stack: running the tests"
   start=$(date +%s)
   # Two workers: the suite is dominated by single-threaded fairseq subprocesses.
-  .venv/$stack/bin/python -m pytest -n 2 -p no:cacheprovider tests "$@"
+  .venv/$stack/bin/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests "$@"
   rc=$?
   summary+=("$stack: pytest exit $rc in $(( $(date +%s) - start )) s")
   [ $rc -eq 0 ] || status=1

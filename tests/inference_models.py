@@ -1,10 +1,36 @@
-"""Tiny Transformer-XL checkpoints with random weights for the inference tests (no training)."""
+"""Tiny Transformer-XL models and checkpoints with random weights for the tests (no training)."""
 import os
 
 import torch
 from fairseq.data import Dictionary
 
 from truncated_bptt.fairseq_checkpoint import build_model, save_checkpoint
+from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
+
+SMALL = dict(n_layer=2, d_model=16, n_head=2, d_head=8, d_inner=32, cutoffs=[10, 30], mem_len=16,
+             tokens_per_sample=8)
+
+
+def dictionary(n_symbols):
+    """A fairseq dictionary of ``n_symbols`` entries: the 4 specials, then words."""
+    d = Dictionary()
+    for i in range(n_symbols - len(d)):
+        d.add_symbol(f"w{i}")
+    assert len(d) == n_symbols
+    return d
+
+
+def small_decoder(n_symbols=50, **overrides):
+    """A seeded TransformerXLDecoder of the SMALL shape (any config field can be overridden)."""
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(**{**SMALL, **overrides})
+    return TransformerXLDecoder(cfg, dictionary(n_symbols))
+
+
+def tokens(bsz, length, n_symbols=50, seed=0):
+    """Random token ids ``[bsz, length]`` (no specials)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, n_symbols, (bsz, length), generator=g)
 
 N_WORDS = 40
 TINY_ARGS = ["--n-layer", "2", "--d-model", "16", "--n-head", "2", "--d-head", "8", "--d-inner", "32",

@@ -13,6 +13,9 @@ from fairseq.data.encoders.byte_utils import BCHAR_TO_BYTE
 
 from fairseq_cli import ROOT, USER_DIR, run
 
+# One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("char_level_corpus")
+
 PREPARE = os.path.join(ROOT, "examples", "char_level", "prepare.py")
 HELDOUT = 2000
 WORDS = "page title revision text the of and in a to is was for on".split() + ["café", "漢字"]

@@ -14,7 +14,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from fairseq_cli import ROOT, preprocess, run, write_lines
+from fairseq_cli import USER_DIR, ROOT, preprocess, run, write_lines
 
 CONFIGS = os.path.join(ROOT, "configs")
 
@@ -148,9 +148,10 @@ def _train_records(log):
 def test_recipe_runs_with_fairseq_hydra_train(name, tiny_data, tmp_path):
     cfg, spec = load(name), SPEC[name]
     save_dir = tmp_path / "ckpt"
+    # This checkout's plugin (the recipes' relative user_dir would find an installed copy from here).
     overrides = [f"task.data={tiny_data}", f"checkpoint.save_dir={save_dir}", "common.cpu=true",
                  "optimization.max_update=2", "common.log_interval=1", "common.log_format=json",
-                 *SMALL_MODEL]
+                 f"common.user_dir={USER_DIR}", *SMALL_MODEL]
     if spec["scheduler"] == "cosine_warmup":  # stop after 2 updates of the recipe's own schedule
         overrides.append(f"lr_scheduler.cosine_max_update={spec['max_update']}")
     if cfg.common.get("fp16", False) and not cfg.common.get("fp16_no_flatten_grads", False):

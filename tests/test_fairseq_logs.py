@@ -117,5 +117,6 @@ def test_eval_lm_summary_with_per_word_figures():
            "over 5,678 scored tokens)\n"
            "... | fairseq_cli.eval_lm | Evaluated 5,678 tokens in 3.1s (1831.61 tokens/s)\n"
            "... | fairseq_cli.eval_lm | Loss (base 2): 1.3307, Perplexity: 2.52\n")
-    assert fairseq_logs.parse_eval_lm(out) == {"loss": 1.3307, "ppl": 2.52, "word_loss": 6.1234,
+    assert fairseq_logs.parse_eval_lm(out) == {"loss": 1.3307, "ppl": 2.52, "tokens": 5678,
+                                               "tokens_per_s": 1831.61, "word_loss": 6.1234,
                                                "word_ppl": 69.73, "words": 1234}

@@ -30,7 +30,7 @@ def greedy(task, model, max_len_b=9):
 def full_forward_log_probs(model, stream):
     """Naive reference: log p(stream[t + 1] | stream[:t + 1]) from ONE stateless forward, [L - 1]."""
     with torch.no_grad():
-        features, _ = model(stream[:-1].unsqueeze(0))
+        features, _ = model(stream[:-1].unsqueeze(0), memory_key=None)
         return model.decoder.target_log_probs(features, stream[1:].unsqueeze(0))[0]
 
 
@@ -39,8 +39,11 @@ def record_layer_inputs(model):
     calls = []
 
     def hook(module, args):
-        h, mem = args[0], args[3]
-        calls.append((h.size(1), 0 if mem is None else mem.size(1)))
+        h, memory, keys_values = args[0], args[2], args[3]  # layer(h, context, memory, keys_values, ...)
+        if keys_values is not None:  # an inference pass: memory's keys/values, then room for h's
+            calls.append((h.size(1), keys_values.size(1) - h.size(1)))
+        else:
+            calls.append((h.size(1), 0 if memory is None else memory.size(1)))
 
     return calls, model.decoder.layers[0].register_forward_pre_hook(hook)
 

@@ -14,6 +14,9 @@ from fairseq.data import Dictionary, data_utils
 from fairseq_cli import ROOT, USER_DIR, run, write_lines
 from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
 
+# One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sharded_corpus")
+
 SCRIPT = os.path.join(ROOT, "examples", "large_corpus", "shard_and_binarize.py")
 WORDS = [f"w{i}" for i in range(24)]
 

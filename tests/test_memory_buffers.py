@@ -1,9 +1,10 @@
-"""MemoryBuffers: evaluation/generation memory that grows in place must give the same results as
+"""MemoryBuffers: memory that grows in place in inference passes must give the same results as
 memory rebuilt by concatenation (the training path), through compactions and branches."""
 import torch
 
+from inference_models import small_decoder, tokens
+from truncated_bptt.inference_cache import InferenceCache
 from truncated_bptt.memory_buffers import MemoryBuffers
-from test_transformer_xl_model import small_decoder, tokens
 
 
 def stream(decoder, segments, key, grad):
@@ -25,39 +26,42 @@ def test_streaming_through_compactions_equals_concatenated_memory():
     buffered = stream(dec, segments, "buf", grad=False)
     for ref, out in zip(reference, buffered):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    state = dec._saved_memory(dec._stream_states["buf"])
-    assert isinstance(state["buffers"], MemoryBuffers)
-    assert state["layer_0"].shape == (3, 12, 16) and state["kv_0"].shape == (3, 12, 2, 2, 8)
-    ref_memory = dec.get_stream_memory("ref")
-    for mine, ref in zip(dec.get_stream_memory("buf"), ref_memory):
+    memory = dec.get_stream_memory("buf")
+    assert isinstance(memory.storage, MemoryBuffers)
+    assert memory.hiddens[0].shape == (3, 12, 16) and memory.keys_values[0].shape == (3, 12, 2, 2, 8)
+    for mine, ref in zip(memory.hiddens, dec.get_stream_memory("ref").hiddens):
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_an_older_state_used_again_is_not_overwritten():
+def test_an_older_memory_used_again_is_not_overwritten():
     dec = small_decoder(mem_len=10).eval()
     seg = tokens(2, 4 * 4).split(4, dim=1)
+    cache = InferenceCache(epoch=dec._cache_epoch)
     with torch.no_grad():
-        _, state = dec._run(seg[0], None)
-        _, state = dec._run(seg[1], state)  # buffers from here on
-        older = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
-        first, _ = dec._run(seg[2], state)
-        second, branch = dec._run(seg[3], state)  # the same state again: a branch
-        again, _ = dec._run(seg[2], state)
+        _, memory = dec.forward_segment(seg[0], None, cache)
+        _, memory = dec.forward_segment(seg[1], memory, cache)
+        older = [t.clone() for t in memory.hiddens + memory.keys_values]
+        first, _ = dec.forward_segment(seg[2], memory, cache)
+        second, branch = dec.forward_segment(seg[3], memory, cache)  # the same memory again
+        again, _ = dec.forward_segment(seg[2], memory, cache)
     torch.testing.assert_close(again, first)
-    for name in ("layer_0", "kv_1"):
-        torch.testing.assert_close(state[name], older[name])  # the views still hold their memory
-    assert branch["buffers"] is not state["buffers"]
+    for view, copy in zip(memory.hiddens + memory.keys_values, older):
+        torch.testing.assert_close(view, copy)  # the views still hold their memory
+    assert branch.storage is not memory.storage
 
 
 def test_holds_only_the_views_ending_at_the_fill_level():
     mem = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
-    buffers = MemoryBuffers({"m": mem}, capacity=8)
-    assert buffers.holds({"m": buffers.extended("m", 3, 0)})
-    assert not buffers.holds({"m": mem})  # a copy elsewhere
-    view = buffers.extended("m", 3, 2)
+    kv = -torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    buffers = MemoryBuffers([mem], [kv], capacity=8)
+    assert buffers.holds([buffers.hidden_view(0, 3, 0)], [buffers.keys_values_view(0, 3, 0)])
+    assert not buffers.holds([mem], [kv])  # copies elsewhere
+    view, kv_view = buffers.hidden_view(0, 3, 2), buffers.keys_values_view(0, 3, 2)
     view[:, 3:] = -1.0
     buffers.advance(2)
-    assert buffers.holds({"m": view[:, -4:]}) and not buffers.holds({"m": view[:, :4]})
+    assert buffers.holds([view[:, -4:]], [kv_view[:, -4:]])
+    assert not buffers.holds([view[:, :4]], [kv_view[:, :4]])
     buffers.make_room(4, 4)  # 5 + 4 > 8: the last 4 positions move to fresh buffers
-    assert buffers.end == 4 and buffers.holds({"m": buffers.extended("m", 4, 0)})
-    torch.testing.assert_close(buffers.extended("m", 4, 0), view[:, -4:])
+    assert buffers.end == 4 and buffers.holds([buffers.hidden_view(0, 4, 0)],
+                                              [buffers.keys_values_view(0, 4, 0)])
+    torch.testing.assert_close(buffers.hidden_view(0, 4, 0), view[:, -4:])

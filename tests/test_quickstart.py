@@ -98,3 +98,33 @@ def test_quickstart_runs_and_memory_lowers_perplexity(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert str(out / png) in log  # the paths are printed
     assert (out / "checkpoints" / "checkpoint_last.pt").exists()
+    check_the_checkpoint_exports(out)
+
+
+def check_the_checkpoint_exports(out):
+    """The quickstart's checkpoint (1,016 symbols, cutoffs 2000,10000: no tail clusters) exports
+    with truncated-bptt-export, and the scorer gives the eager model's log-probs."""
+    import torch
+
+    from inference_models import stream_segments
+    from truncated_bptt.export_cli import load_model
+
+    checkpoint, scorer_path = out / "checkpoints" / "checkpoint_last.pt", out / "model.ts"
+    proc = subprocess.run(
+        [sys.executable, "-m", "truncated_bptt.export_cli", str(checkpoint), str(scorer_path),
+         "--data", str(out / "data-bin")],
+        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    model, _ = load_model(str(checkpoint), str(out / "data-bin"))
+    assert model.decoder.softmax.n_clusters == 0
+    scorer = torch.jit.load(str(scorer_path))
+    stream = torch.randint(4, len(model.decoder.dictionary), (2, 41), generator=torch.Generator().manual_seed(0))
+    reference = stream_segments(model, stream, 16)
+    mems, got = [], []
+    for start in range(0, 40, 16):
+        targets = stream[:, start + 1:start + 17]
+        log_probs, mems = scorer(stream[:, start:start + targets.size(1)], targets, mems)
+        got.append(log_probs)
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(reference, 1), rtol=1e-5, atol=1e-5)

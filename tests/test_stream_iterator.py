@@ -85,7 +85,50 @@ def test_resuming_mid_epoch_with_other_streams_is_refused():
     next(epoch_itr)
     state = it.state_dict()
     other = StreamEpochBatchIterator(dataset(batch_size=3))
-    with pytest.raises(ValueError, match="stopped mid-epoch in 2 streams.*--reset-dataloader"):
+    with pytest.raises(ValueError, match=r"stopped mid-epoch \(step 1\).*number of streams 2 -> 3.*"
+                                         r"resume with 2 streams in all.*--reset-dataloader"):
         other.load_state_dict(state)
     # the same total split differently over processes is fine
     StreamEpochBatchIterator(dataset(batch_size=1, num_shards=2, shard_id=1)).load_state_dict(state)
+
+
+def mid_epoch_state(**layout):
+    it = StreamEpochBatchIterator(dataset(**layout))
+    epoch_itr = it.next_epoch_itr()
+    next(epoch_itr)
+    next(epoch_itr)
+    return it.state_dict()
+
+
+@pytest.mark.parametrize("changed, message", [
+    (dict(tps=5), r"\(--tokens-per-sample 4 -> 5\).*resume with --tokens-per-sample 4, or pass "
+                  r"--reset-dataloader"),
+    (dict(n=120), r"\(split size in tokens 101 -> 120\).*resume with the same data \(a split of "
+                  r"101 tokens\)"),
+])
+def test_resuming_mid_epoch_with_another_segment_length_or_data_is_refused(changed, message):
+    """A saved position is a step index: with another --tokens-per-sample or another split it
+    would point at other text than the saved memory belongs to."""
+    state = mid_epoch_state()
+    assert (state["split"], state["split_tokens"], state["num_streams"],
+            state["tokens_per_sample"]) == ("train", 101, 2, 4)
+    with pytest.raises(ValueError, match=message) as err:
+        StreamEpochBatchIterator(dataset(**changed)).load_state_dict(state)
+    assert "\n" not in str(err.value)
+
+    renamed = StreamDataset(torch.arange(10, 111), 4, 2, pad=PAD, eos=EOS, memory_key="train2")
+    with pytest.raises(ValueError, match=r"\(split train -> train2\).*--train-subset train"):
+        StreamEpochBatchIterator(renamed).load_state_dict(state)
+
+
+def test_epoch_boundaries_and_older_checkpoints_are_not_refused():
+    """Nothing carries over an epoch boundary, so any layout may follow it; states saved before
+    the layout was recorded are checked for what they hold (the number of streams)."""
+    it = StreamEpochBatchIterator(dataset())
+    list(it.next_epoch_itr())
+    StreamEpochBatchIterator(dataset(tps=7, batch_size=3)).load_state_dict(it.state_dict())
+    older = {k: v for k, v in mid_epoch_state().items()
+             if k not in ("split", "split_tokens", "tokens_per_sample")}
+    resumed = StreamEpochBatchIterator(dataset(tps=5))
+    resumed.load_state_dict(older)
+    assert next(resumed.next_epoch_itr())["net_input"]["segment_index"] == 2

@@ -4,6 +4,7 @@ import logging
 import torch
 from torch import nn
 
+from truncated_bptt.memory import XLMemory
 from truncated_bptt.stream_memory import StreamMemoryKeeper, gather_rows
 
 
@@ -16,8 +17,8 @@ class FakeDecoder(nn.Module):
     def get_stream_memory(self, key):
         return self.memory.get(key)
 
-    def set_stream_memory(self, key, mems):
-        self.memory[key] = list(mems)
+    def set_stream_memory(self, key, memory):
+        self.memory[key] = memory
 
 
 class FakeModel(nn.Module):
@@ -35,7 +36,7 @@ def test_restored_memory_is_handed_over_at_its_segment():
     mems = [torch.ones(2, 3, 4), 2 * torch.ones(2, 3, 4)]
     keeper.restore("train", 7, mems)
     keeper.before_train_forward(model, sample("train", 7))
-    assert all(torch.equal(a, b) for a, b in zip(model.decoder.memory["train"], mems))
+    assert all(torch.equal(a, b) for a, b in zip(model.decoder.memory["train"].hiddens, mems))
     model.decoder.memory.clear()
     keeper.before_train_forward(model, sample("train", 8))  # handed over once only
     assert "train" not in model.decoder.memory
@@ -53,13 +54,13 @@ def test_restored_memory_for_another_position_is_dropped_with_a_warning(caplog):
 def test_single_process_checkpoints_the_live_memory_of_the_training_key_only():
     model, keeper = FakeModel(), StreamMemoryKeeper()
     keeper.before_train_forward(model, sample("train", 0))
-    model.decoder.memory["train"] = [torch.full((2, 3, 4), 5.0)]
-    model.decoder.memory["valid"] = [torch.zeros(2, 3, 4)]
+    model.decoder.memory["train"] = XLMemory([torch.full((2, 3, 4), 5.0)])
+    model.decoder.memory["valid"] = XLMemory([torch.zeros(2, 3, 4)])
     keeper.after_train_forward()
     saved = keeper.memory_for_checkpoint("train")
     assert torch.equal(saved[0], torch.full((2, 3, 4), 5.0))
     saved[0].zero_()  # a copy: saving never aliases the live memory
-    assert model.decoder.memory["train"][0].eq(5).all()
+    assert model.decoder.memory["train"].hiddens[0].eq(5).all()
     assert keeper.memory_for_checkpoint("valid") is None
 
 

@@ -10,6 +10,9 @@ import sentencepiece as spm
 
 from fairseq_cli import ROOT, USER_DIR, run, write_lines
 
+# One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("subword_corpus")
+
 PREPARE = os.path.join(ROOT, "examples", "subword", "prepare.py")
 STEMS = "walk talk jump play read write sing dance cook clean".split()
 NOUNS = "house garden river mountain city village forest ocean".split()

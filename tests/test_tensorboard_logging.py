@@ -10,6 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
 
+# One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("tensorboard_run")
+
 WORDS = "the cat sat on a mat and the dog lay by a log".split()
 
 

@@ -189,6 +189,28 @@ def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, t
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_one_process_checkpoint_resumes_in_two_processes_with_the_same_streams(data, tmp_path):
+    """Resuming mid-epoch needs the same number of streams, not the same number of processes:
+    a checkpoint of 1 process x 4 streams continues under 2 processes x 2 streams (each rank takes
+    its rows of the saved memory) with the losses of the uninterrupted 1-process run. (Another
+    total number of streams is refused: test_bad_input_fails_with_one_clear_line.)"""
+    common = ["--tokens-per-sample", "8", "--disable-validation", "--no-epoch-checkpoints",
+              "--dropout", "0"]
+    single = train(data, tmp_path / "w1", *common, "--batch-size", "4", "--max-update", "11",
+                   "--save-interval-updates", "8")
+    os.makedirs(tmp_path / "w2")
+    shutil.copy(tmp_path / "w1" / "checkpoint_1_8.pt", tmp_path / "w2" / "checkpoint_last.pt")
+    resumed = torchrun(2, data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+                       "--save-dir", tmp_path / "w2", *TINY, *common, "--batch-size", "2",
+                       "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+                       "--max-update", "11")
+    assert "restored the memory of streams 0-1 at step 8" in resumed
+    expected, got = losses(single), losses(resumed)
+    assert sorted(got) == [9, 10, 11]
+    for u in got:
+        assert got[u] == pytest.approx(expected[u], abs=2e-3), u
+
+
 # ---------------------------------------------------------------- fairseq-eval-lm
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
@@ -272,17 +294,20 @@ BAD_INPUT = [
     ("good", ["--max-tokens", "64"], "set --batch-size"),
     ("good", ["--batch-size", "1", "--tokens-per-sample", "0"], "--tokens-per-sample must be positive"),
     ("sharded", ["--batch-size", "1"], "differs from that of"),
+    ("good", ["--batch-size", "0"], "--batch-size must be a positive number of streams per GPU (got 0)"),
+    ("good", ["--batch-size", "1", "--valid-subset", "valid,train"],
+     "--valid-subset includes the training split 'train': the model keeps one memory per split"),
 ]
 
-# Runs fairseq-train's entry point (what the console script calls) once per case in one process,
-# to pay fairseq's import time once; prints one JSON line per case.
+# Runs fairseq-train's / fairseq-eval-lm's entry point (what the console scripts call) once per
+# case in one process, to pay fairseq's import time once; prints one JSON line per case.
 DRIVER = """
 import json, sys
-from fairseq_cli.train import cli_main
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["fairseq-train"] + argv
+from fairseq_cli import eval_lm, train
+for tool, argv in json.loads(sys.argv[1]):
+    sys.argv = ["fairseq-" + tool.replace("_", "-")] + argv
     try:
-        cli_main()
+        {"train": train, "eval_lm": eval_lm}[tool].cli_main()
         result = {"error": None}
     except BaseException as e:
         result = {"type": type(e).__name__, "error": str(e)}
@@ -295,17 +320,81 @@ def bad_input_argv(odd_data, tmp_path, case, args):
             str(tmp_path / "ck"), *TINY, "--tokens-per-sample", "4", "--max-update", "1", *args]
 
 
-def test_bad_input_fails_with_one_clear_line(odd_data, tmp_path):
-    argvs = [bad_input_argv(odd_data, tmp_path, case, args) for case, args, _ in BAD_INPUT]
-    proc = subprocess.run([os.path.join(BIN, "python"), "-c", DRIVER, json.dumps(argvs)],
+def damaged_checkpoints(checkpoint, root):
+    """Beside an intact copy of ``checkpoint``, an interrupted copy of it (``incomplete/``); and a
+    copy with a flipped data byte (``flipped.pt``). More cases: tests/test_checkpoint_integrity.py"""
+    with open(checkpoint, "rb") as f:
+        data = bytearray(f.read())
+    os.makedirs(root / "incomplete")
+    with open(root / "incomplete" / "checkpoint_last.pt", "wb") as f:
+        f.write(data[: len(data) // 2])
+    shutil.copy(checkpoint, root / "incomplete" / "checkpoint_1_3.pt")
+    data[len(data) // 2] ^= 0xFF  # inside the tensors' data
+    with open(root / "flipped.pt", "wb") as f:
+        f.write(data)
+
+
+def resume_and_eval_cases(data, checkpoint, other_data, tmp_path):
+    """(tool, argv, message) for resuming and scoring with wrong inputs. ``checkpoint`` stopped
+    mid-epoch (step 3) with --tokens-per-sample 8 and 4 streams."""
+    damaged_checkpoints(checkpoint, tmp_path)
+    train_args = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", *TINY,
+                  "--max-update", "5", "--disable-validation", "--save-dir", str(tmp_path / "ck")]
+    restore = ["--restore-file", checkpoint]
+    incomplete = str(tmp_path / "incomplete" / "checkpoint_last.pt")
+    eval_args = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--cpu",
+                 "--gen-subset", "test", "--tokens-per-sample", "8", "--path"]
+
+    return [
+        ("train", [*train_args, *restore, "--tokens-per-sample", "4", "--batch-size", "4"],
+         "the checkpoint stopped mid-epoch (step 3) in another stream layout than this run's "
+         "(--tokens-per-sample 8 -> 4), so its position and memory would not match the text: "
+         "resume with --tokens-per-sample 8, or pass --reset-dataloader"),
+        ("train", [*train_args, *restore, "--tokens-per-sample", "8", "--batch-size", "2"],
+         "(number of streams 4 -> 2), so its position and memory would not match the text: resume "
+         "with 4 streams in all (--batch-size x number of processes = 4)"),
+        ("train", [*train_args, "--restore-file", incomplete, "--tokens-per-sample", "8",
+                   "--batch-size", "4"],
+         f"checkpoint {incomplete} is incomplete ("),
+        ("train", [*train_args, "--restore-file", str(tmp_path / "incomplete" / "pretrained.pt"),
+                   "--tokens-per-sample", "8", "--batch-size", "4"],
+         "pretrained.pt does not exist (intact checkpoints in %s: checkpoint_1_3.pt), so fairseq "
+         "would silently train from scratch" % (tmp_path / "incomplete")),
+        ("eval_lm", [*eval_args, incomplete],
+         "the end of the file is missing, as after an interrupted write or copy): intact "
+         "checkpoints beside it, newest first: checkpoint_1_3.pt; pass one of them to --path"),
+        ("eval_lm", [*eval_args, str(tmp_path / "flipped.pt")], "fails its CRC-32 check"),
+        ("eval_lm", [other_data, *eval_args[1:], checkpoint],
+         f"the checkpoint's model has a vocabulary of {dictionary_size(data)} types but "
+         f"{other_data}/dict.txt has {dictionary_size(other_data)}: use the data directory the "
+         "model was trained on"),
+        ("eval_lm", [*eval_args, checkpoint, "--gen-subset", "dev"], "split 'dev' not found"),
+        # the other kinds of wrong --model-overrides: tests/test_model_overrides.py
+        ("eval_lm", [*eval_args, checkpoint, "--model-overrides", "{'memlen': 64}"],
+         "did you mean 'mem_len'?"),
+    ]
+
+
+def dictionary_size(data):
+    from fairseq.data import Dictionary
+
+    return len(Dictionary.load(os.path.join(data, "dict.txt")))
+
+
+def test_bad_input_fails_with_one_clear_line(odd_data, data, checkpoint, tmp_path):
+    cases = [("train", bad_input_argv(odd_data, tmp_path, case, args), message)
+             for case, args, message in BAD_INPUT]
+    cases += resume_and_eval_cases(data, checkpoint, odd_data["good"], tmp_path)
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", DRIVER,
+                           json.dumps([[tool, argv] for tool, argv, _ in cases])],
                           env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
     results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
                if line.startswith("RESULT ")]
-    assert len(results) == len(BAD_INPUT), proc.stdout[-3000:]
-    for (case, _, message), result in zip(BAD_INPUT, results):
-        assert result["type"] in ("ValueError", "FileNotFoundError"), (case, result)
-        assert message in result["error"] and "\n" not in result["error"], (case, result)
+    assert len(results) == len(cases), proc.stdout[-3000:]
+    for (tool, argv, message), result in zip(cases, results):
+        assert result.get("type") in ("ValueError", "FileNotFoundError"), (tool, argv, result)
+        assert message in result["error"] and "\n" not in result["error"], (tool, argv, result)
 
 
 def test_bad_input_message_ends_the_console_output(odd_data, tmp_path):
@@ -313,3 +402,19 @@ def test_bad_input_message_ends_the_console_output(odd_data, tmp_path):
                  "64", check=False)
     assert proc.returncode != 0
     assert "set --batch-size" in last_line(proc) and last_line(proc).startswith("ValueError: ")
+
+
+def test_streams_are_read_in_the_main_process_whatever_num_workers_says(tmp_path):
+    """fairseq's default --num-workers 1 would start a worker process that only competes with the
+    model for the CPU: stream batches are slices of a tensor in memory."""
+    from inference_models import binarize, make_dictionary_dir, tiny_model
+
+    data = binarize(make_dictionary_dir(str(tmp_path / "dict")), str(tmp_path / "data"), "test",
+                    ["w1 w2 w3 w4 w5 w6 w7 w8 w9"] * 4)
+    _, task, _ = tiny_model(data)
+    task.load_dataset("test")
+    iterator = task.get_batch_iterator(task.dataset("test"), max_sentences=2, num_workers=2,
+                                       data_buffer_size=10)
+    assert (iterator.num_workers, iterator.buffer_size) == (0, 0)
+    batches = list(iterator.next_epoch_itr(shuffle=False))
+    assert [b["net_input"]["segment_index"] for b in batches] == list(range(len(batches)))

@@ -9,15 +9,20 @@ Importing this package (directly, or through fairseq's ``--user-dir truncated_bp
 - lr scheduler ``cosine_warmup`` (:mod:`truncated_bptt.cosine_warmup_scheduler`),
 - BPE ``byte_tokens``, one token per byte for character-level corpora (:mod:`truncated_bptt.byte_tokens`),
 
-and allow-lists the types fairseq checkpoints pickle for ``torch.load(weights_only=True)``
-(:mod:`truncated_bptt.checkpoint_safety`).
+allow-lists the types fairseq checkpoints pickle for ``torch.load(weights_only=True)``
+(:mod:`truncated_bptt.checkpoint_safety`), makes ``--bf16`` work from fairseq's command-line tools
+without torch_xla (:mod:`truncated_bptt.bf16_command_line`), and with hydra < 1.1 on Python >= 3.10
+lets hydra print a job's error (:mod:`truncated_bptt.hydra_compat`).
 """
 __version__ = "0.1.0"
 
+from truncated_bptt import bf16_command_line, hydra_compat
 from truncated_bptt.apex_support import apex_available  # noqa: F401
 from truncated_bptt.checkpoint_safety import allow_fairseq_checkpoint_types
 
 allow_fairseq_checkpoint_types()
+bf16_command_line.install()
+hydra_compat.install()  # hydra 1.0 on Python >= 3.10: report job errors, not a TypeError
 
 # Imported for their @register_* side effects.
 from truncated_bptt import (  # noqa: E402,F401

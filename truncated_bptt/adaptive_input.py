@@ -5,7 +5,7 @@ frequency) is split at ``cutoffs`` into a head and tail clusters. Cluster ``i`` 
 ``d_embed // div_val**i`` dimensions and is projected to ``d_proj``; with ``div_val == 1`` there is
 one table and a projection only when ``d_embed != d_proj``. Outputs are scaled by ``sqrt(d_proj)``.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,19 +43,32 @@ class AdaptiveInput(nn.Module):
                 self.emb_projs.append(nn.Parameter(torch.empty(d_proj, d_emb_i)))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        if self.div_val == 1:
-            emb = self.emb_layers[0](tokens)
-            if len(self.emb_projs) > 0:
-                emb = F.linear(emb, self.emb_projs[0])
-            return emb * self.emb_scale
-        flat = tokens.reshape(-1)
-        weight = self.emb_projs[0]
-        out = weight.new_zeros(flat.numel(), self.d_proj)
-        for i, layer in enumerate(self.emb_layers):
-            lo, hi = self.bounds[i], self.bounds[i + 1]
-            idx = ((flat >= lo) & (flat < hi)).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            emb_i = F.linear(layer(flat.index_select(0, idx) - lo), self.emb_projs[i])
+        """``[B, T]`` token ids -> ``[B, T, d_proj]``."""
+        tables = [layer.weight for layer in self.emb_layers]
+        projections: List[Optional[Tensor]] = list(self.emb_projs) if len(self.emb_projs) > 0 else [None]
+        return adaptive_embedding(tokens, tables, projections, self.bounds, self.d_proj, self.emb_scale)
+
+
+def adaptive_embedding(tokens: Tensor, tables: List[Tensor], projections: List[Optional[Tensor]],
+                       bounds: List[int], d_proj: int, scale: float) -> Tensor:
+    """``[B, T]`` token ids -> ``[B, T, d_proj]``, scaled by ``scale`` (TorchScript-compatible).
+
+    One table (``div_val == 1``): ``tables[0][ids] @ projections[0].T`` (no projection if None).
+    Else cluster ``i`` embeds ids ``[bounds[i], bounds[i + 1])`` with ``tables[i]`` and projects with
+    ``projections[i]``.
+    """
+    if len(tables) == 1:
+        emb = F.embedding(tokens, tables[0])
+        projection = projections[0]
+        if projection is not None:
+            emb = F.linear(emb, projection)
+        return emb * scale
+    flat = tokens.reshape(-1)
+    out = torch.zeros(flat.numel(), d_proj, dtype=tables[0].dtype, device=tokens.device)
+    for i, table in enumerate(tables):
+        idx = ((flat >= bounds[i]) & (flat < bounds[i + 1])).nonzero().squeeze(1)
+        projection = projections[i]
+        if projection is not None and idx.numel() > 0:
+            emb_i = F.linear(F.embedding(flat.index_select(0, idx) - bounds[i], table), projection)
             out = out.index_copy(0, idx, emb_i.to(out.dtype))
-        return (out * self.emb_scale).view(*tokens.shape, self.d_proj)
+    return (out * scale).view(tokens.size(0), tokens.size(1), d_proj)

@@ -69,7 +69,7 @@ def main(argv=None):
     cfg = model.decoder.cfg
     logging.getLogger("truncated_bptt.export").info(
         "wrote %s (torch.jit.script, %s, %d layers, mem_len %d, vocabulary %d)", args.output,
-        args.dtype, cfg.n_layer, cfg.mem_len, len(model.decoder.dictionary))
+        args.dtype, cfg.n_layer, model.decoder.memory_options.mem_len, len(model.decoder.dictionary))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Prompts are handled as fairseq's ``language_modeling`` task does: an input line 
 saw at every line start during training).
 
 The prompt tokens forced in every row are read in parallel at the first step, ``tokens_per_sample``
-per forward (:class:`PromptPrimedDecoder`), not one generator step each.
+per forward (:class:`PromptPrimedDecoder`), not one generator step each. The task's
+``build_generator`` / ``inference_step`` hand over to :class:`PromptSequenceGenerator`.
 
 ``--carry-memory`` (fairseq-interactive, one input per batch): each input is generated over the
 memory left by the previous inputs and their outputs, i.e. over the stream
@@ -18,7 +19,6 @@ memory left by the previous inputs and their outputs, i.e. over the stream
 input is done, the tokens of its best hypothesis are run once (in parallel, not step by step) over
 the carried memory to produce the memory for the next input.
 """
-import logging
 from typing import List, Optional
 
 import numpy as np
@@ -34,13 +34,10 @@ from fairseq.data import (
     TokenBlockDataset,
 )
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
+from fairseq.sequence_generator import SequenceGenerator
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
-
-# Name of the decoder's incremental-state entry that holds its memory (TransformerXLDecoder).
-MEMORY_STATE = "memory"
-
+from truncated_bptt.memory import XLMemory
 
 def build_prompt_dataset(dictionary, src_tokens, src_lengths):
     """fairseq-interactive inputs (each ending in eos) -> samples with ``src_tokens = [eos] + line``
@@ -76,13 +73,13 @@ def prompt_prefix(sample, bos: int) -> Optional[Tensor]:
 
 
 class CarriedMemory:
-    """Memory carried across fairseq-interactive inputs: ``n_layer`` tensors ``[1, M, d_model]``."""
+    """Memory carried across fairseq-interactive inputs (one stream)."""
 
     def __init__(self):
-        self.mems: Optional[List[Tensor]] = None
+        self.memory: Optional[XLMemory] = None
 
     def reset(self):
-        self.mems = None
+        self.memory = None
 
     @torch.no_grad()
     def advance(self, decoder, tokens: Tensor) -> None:
@@ -90,7 +87,7 @@ class CarriedMemory:
         over the carried memory in one parallel pass and keep the new memory."""
         was_training = decoder.training
         decoder.eval()
-        _, self.mems = decoder.extract_features(tokens, self.mems)
+        _, self.memory = decoder.forward_segment(tokens, self.memory)
         decoder.train(was_training)
 
 
@@ -117,20 +114,15 @@ class PromptPrimedDecoder(FairseqIncrementalDecoder):
             return self.inner(prev_output_tokens)
         step = prev_output_tokens.size(1) - 1
         if step == 0:
-            self._seed_memory(prev_output_tokens, incremental_state)
+            if self.carried.memory is not None:
+                memory = self.carried.memory.to(prev_output_tokens.device)
+                self.inner.start_generation(incremental_state,
+                                            memory.expand_rows(prev_output_tokens.size(0)))
             self._prime(prev_output_tokens, incremental_state)
         cache = self.get_incremental_state(incremental_state, "prompt")
         if cache is not None and step < cache["features"].size(1):
             return cache["features"][:, step:step + 1], {"attn": [None], "inner_states": None}
         return self.inner(prev_output_tokens, incremental_state=incremental_state)
-
-    def _seed_memory(self, tokens: Tensor, incremental_state) -> None:
-        if self.carried.mems is None:
-            return
-        seeded = {"consumed": torch.tensor(0)}
-        for i, mem in enumerate(self.carried.mems):
-            seeded[f"layer_{i}"] = mem.to(tokens.device).expand(tokens.size(0), -1, -1)
-        self.inner.set_incremental_state(incremental_state, MEMORY_STATE, seeded)
 
     def _prime(self, tokens: Tensor, incremental_state) -> None:
         """Features ``[rows, n, d]`` of ``[bos, p_1 .. p_{n-1}]`` for the ``n`` prompt tokens all
@@ -172,6 +164,34 @@ class PromptPrimedLanguageModel(FairseqLanguageModel):
         return self.wrapped.max_positions()
 
 
+class PromptSequenceGenerator(SequenceGenerator):
+    """fairseq's SequenceGenerator (beam, --sampling, top-k/top-p, --temperature) over the models
+    wrapped to read prompts in parallel and, with ``carry_memory``, to start each input from the
+    memory left by the previous inputs and their outputs. It holds that carried memory: one
+    generator is one fairseq-interactive session."""
+
+    def __init__(self, models, tgt_dict, chunk: int = 1, carry_memory: bool = False, **kwargs):
+        self.carried = CarriedMemory()
+        self.carry_memory = carry_memory
+        self.primed = [PromptPrimedLanguageModel(m, self.carried, chunk) for m in models]
+        super().__init__(self.primed, tgt_dict, **kwargs)
+
+    def generate_after_prompts(self, models, sample, prefix_tokens: Optional[Tensor], eos: int):
+        """Hypotheses after each sample's prompt (``src_tokens`` without its leading eos, unless
+        fairseq-generate's --prefix-size gives ``prefix_tokens``), starting from eos."""
+        if self.carry_memory:
+            check_carry_setup(models, sample)
+        with torch.no_grad():
+            if prefix_tokens is None:
+                prefix_tokens = prompt_prefix(sample, eos)
+            for model in self.primed:
+                model.decoder.prompt = prefix_tokens
+            hypos = self.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
+            if self.carry_memory:
+                self.carried.advance(models[0].decoder, consumed_tokens(hypos[0][0]["tokens"], eos))
+        return hypos
+
+
 def consumed_tokens(hypo_tokens: Tensor, eos: int) -> Tensor:
     """``[eos] + hypothesis`` without its final eos: the line as the stream holds it (the next input
     starts with its own eos)."""
@@ -190,7 +210,7 @@ def check_carry_setup(models, sample) -> None:
             "--carry-memory needs one input per batch (inputs follow each other): use "
             "--batch-size 1 --buffer-size 1"
         )
-    if getattr(models[0].decoder.cfg, "mem_len", 0) <= 0:
+    if models[0].decoder.memory_options.mem_len <= 0:
         raise ValueError(
             "--carry-memory needs memory: set --model-overrides \"{'mem_len': N}\" with N > 0"
         )

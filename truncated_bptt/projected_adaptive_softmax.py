@@ -58,7 +58,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                 self.out_projs.append(nn.Parameter(torch.empty(d_proj, d_emb_i)))
                 self.out_layers.append(nn.Linear(d_emb_i, self.bounds[i + 1] - self.bounds[i]))
 
-    def _cluster_params(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+    def cluster_params(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
         """(weight, bias, projection or None) of every cluster (the head's without the cluster rows)."""
         if self.div_val == 1:
             # One split per forward (not slicing per cluster): its backward assembles a single
@@ -75,56 +75,83 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             params.append((weight, bias, proj))
         return params
 
-    def _logits(self, hidden: Tensor, params: Tuple[Tensor, Tensor, Optional[Tensor]],
-                head: bool = False) -> Tensor:
-        """Logits ``[N, size of the cluster (+ n_clusters for the head)]``, at least fp32."""
-        weight, bias, proj = params
-        if proj is not None:
-            hidden = torch.matmul(hidden, proj)
-        if head and self.n_clusters > 0:
-            # the head scores its tokens and one entry per tail cluster; concatenate whichever is
-            # smaller, the logits (few rows: evaluation, generation) or the weights (training)
-            if hidden.size(0) < weight.size(0):
-                logits = torch.cat([_linear(hidden, weight, bias),
-                                    _linear(hidden, self.cluster_weight, self.cluster_bias)], dim=-1)
-            else:
-                logits = F.linear(hidden, torch.cat([weight, self.cluster_weight]),
-                                  torch.cat([bias, self.cluster_bias]))
-        else:
-            logits = _linear(hidden, weight, bias)
-        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    def tail_rows(self):
+        """The head's extra rows (weight ``[n_clusters, d_embed]``, bias), or (None, None)."""
+        if self.n_clusters == 0:
+            return None, None
+        return self.cluster_weight, self.cluster_bias
 
     def target_log_probs(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``.
-
-        Computes the head for all rows and each tail cluster only for the rows whose target is in it.
-        """
-        cluster = torch.zeros_like(target)
-        for cutoff in self.bounds[1:-1]:
-            cluster += (target >= cutoff).long()
-        # Head class of each target: the token itself, or the entry standing for its cluster.
-        head_class = torch.where(cluster == 0, target, self.shortlist - 1 + cluster)
-        params = self._cluster_params()
-        out = -F.cross_entropy(self._logits(hidden, params[0], head=True), head_class, reduction="none")
-        for i in range(1, self.n_clusters + 1):
-            idx = (cluster == i).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            # hidden[idx], not index_select: the latter's CPU backward is pathologically slow.
-            tail = -F.cross_entropy(
-                self._logits(hidden[idx], params[i]),
-                target.index_select(0, idx) - self.bounds[i],
-                reduction="none",
-            )
-            out = out.index_add(0, idx, tail)
-        return out
+        """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``."""
+        return adaptive_target_log_probs(hidden, target, self.cluster_params(), *self.tail_rows(),
+                                         self.bounds)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """hidden ``[N, d_proj]`` -> fp32 ``[N, n_token]`` full log-probabilities."""
-        params = self._cluster_params()
-        head = torch.log_softmax(self._logits(hidden, params[0], head=True), dim=-1)
-        parts = [head[:, : self.shortlist]]
-        for i in range(1, self.n_clusters + 1):
-            cluster_lp = head[:, self.shortlist + i - 1].unsqueeze(1)
-            parts.append(cluster_lp + torch.log_softmax(self._logits(hidden, params[i]), dim=-1))
-        return torch.cat(parts, dim=1)
+        return adaptive_log_probs(hidden, self.cluster_params(), *self.tail_rows(), self.bounds)
+
+
+# The functions below are the softmax's maths, shared with the TorchScript scorer
+# (truncated_bptt/torchscript_export.py); ``clusters[i]`` is (weight, bias, projection or None) of
+# cluster i, ``tail_weight``/``tail_bias`` the head's rows standing for the tail clusters.
+def cluster_logits(hidden: Tensor, weight: Tensor, bias: Tensor, projection: Optional[Tensor],
+                   tail_weight: Optional[Tensor] = None,
+                   tail_bias: Optional[Tensor] = None) -> Tensor:
+    """Logits ``[N, cluster size (+ tail clusters for the head)]``, at least fp32."""
+    if projection is not None:
+        hidden = torch.matmul(hidden, projection)
+    if tail_weight is not None and tail_bias is not None:
+        # the head scores its tokens and one entry per tail cluster; concatenate whichever is
+        # smaller, the logits (few rows: evaluation, generation) or the weights (training)
+        if hidden.size(0) < weight.size(0):
+            logits = torch.cat([_linear(hidden, weight, bias), _linear(hidden, tail_weight, tail_bias)],
+                               dim=-1)
+        else:
+            logits = F.linear(hidden, torch.cat([weight, tail_weight]), torch.cat([bias, tail_bias]))
+    else:
+        logits = _linear(hidden, weight, bias)
+    if logits.dtype == torch.float16 or logits.dtype == torch.bfloat16:
+        logits = logits.float()
+    return logits
+
+
+def adaptive_target_log_probs(hidden: Tensor, target: Tensor,
+                              clusters: List[Tuple[Tensor, Tensor, Optional[Tensor]]],
+                              tail_weight: Optional[Tensor], tail_bias: Optional[Tensor],
+                              bounds: List[int]) -> Tensor:
+    """hidden ``[N, d]``, target ``[N]`` -> fp32 ``[N]`` log p(target): the head for all rows, each
+    tail cluster only for the rows whose target is in it (never ``N x V`` logits)."""
+    cluster = torch.zeros_like(target)
+    for cutoff in bounds[1:-1]:
+        cluster += (target >= cutoff).long()
+    # Head class of each target: the token itself, or the entry standing for its cluster.
+    head_class = torch.where(cluster == 0, target, bounds[1] - 1 + cluster)
+    weight, bias, projection = clusters[0]
+    head = cluster_logits(hidden, weight, bias, projection, tail_weight, tail_bias)
+    out = -F.cross_entropy(head, head_class, reduction="none")
+    for i in range(1, len(clusters)):
+        idx = (cluster == i).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        weight, bias, projection = clusters[i]
+        # hidden[idx], not index_select: the latter's CPU backward is pathologically slow.
+        tail = -F.cross_entropy(cluster_logits(hidden[idx], weight, bias, projection),
+                                target.index_select(0, idx) - bounds[i], reduction="none")
+        out = out.index_add(0, idx, tail)
+    return out
+
+
+def adaptive_log_probs(hidden: Tensor, clusters: List[Tuple[Tensor, Tensor, Optional[Tensor]]],
+                       tail_weight: Optional[Tensor], tail_bias: Optional[Tensor],
+                       bounds: List[int]) -> Tensor:
+    """hidden ``[N, d]`` -> fp32 ``[N, V]`` full log-probabilities (generation-sized N only)."""
+    weight, bias, projection = clusters[0]
+    head = torch.log_softmax(cluster_logits(hidden, weight, bias, projection, tail_weight, tail_bias),
+                             dim=-1)
+    shortlist = bounds[1]
+    parts = [head[:, :shortlist]]
+    for i in range(1, len(clusters)):
+        weight, bias, projection = clusters[i]
+        tail = torch.log_softmax(cluster_logits(hidden, weight, bias, projection), dim=-1)
+        parts.append(head[:, shortlist + i - 1].unsqueeze(1) + tail)
+    return torch.cat(parts, dim=1)

@@ -12,9 +12,12 @@ loop over positions and no gather are needed.
 
 Layouts are batch-first: hidden states ``[B, T, d_model]``, memory ``[B, M, d_model]``,
 ``K = M + T`` keys; scores ``[B, n_head, T, K]``.
+
+Everything here is written for ``torch.jit.script`` as well as eager use: the TorchScript scorer
+(:mod:`truncated_bptt.torchscript_export`) runs these same functions and modules.
 """
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,57 +29,57 @@ from torch import Tensor, nn
 MASK_VALUE = -1e30
 
 
-def relative_positions(klen: int, clamp_len: int, device=None) -> Tensor:
+class AttentionContext(NamedTuple):
+    """What every layer of one segment attends with (the same for all layers).
+
+    encodings: ``[K + 1, d_model]`` position encodings (:func:`position_encodings`).
+    mask: bool ``[T, K]``, True where a query must not see a key; None when nothing is hidden.
+    r_w_bias, r_r_bias: ``[n_head, d_head]`` ``u``/``v`` shared by all layers (``--tie-r``), or None
+        when every layer owns its own.
+    """
+    encodings: Tensor
+    mask: Optional[Tensor]
+    r_w_bias: Optional[Tensor]
+    r_r_bias: Optional[Tensor]
+
+
+def relative_positions(klen: int, clamp_len: int, device: Optional[torch.device] = None) -> Tensor:
     """Relative distances ``[klen]`` in descending order ``klen-1, ..., 0``, clipped at ``clamp_len``.
 
     Entry ``c`` is the distance that encoding row ``c`` stands for; ``clamp_len <= 0`` means no clamp.
     """
     pos = torch.arange(klen - 1, -1, -1, device=device, dtype=torch.float32)
     if clamp_len > 0:
-        pos = pos.clamp_(max=clamp_len)
+        pos = pos.clamp(max=float(clamp_len))
     return pos
 
 
 def sinusoidal_encoding(positions: Tensor, d_model: int) -> Tensor:
     """Transformer sinusoids ``[len(positions), d_model]`` = ``[sin(pos * f), cos(pos * f)]`` (fp32)."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0.0, d_model, 2.0, device=positions.device) / d_model))
+    steps = torch.arange(0.0, float(d_model), 2.0, device=positions.device)
+    inv_freq = 1.0 / torch.pow(10000.0, steps / d_model)
     angles = torch.outer(positions.float(), inv_freq)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def position_encodings(klen: int, d_model: int, clamp_len: int, device=None, dtype=None) -> Tensor:
+def position_encodings(klen: int, d_model: int, clamp_len: int, device: Optional[torch.device] = None,
+                       dtype: Optional[torch.dtype] = None) -> Tensor:
     """``[klen + 1, d_model]``: a zero row (the pad :func:`rel_shift` relies on), then the encodings
     of distances ``klen-1, ..., 0`` (clamped)."""
     enc = sinusoidal_encoding(relative_positions(klen, clamp_len, device), d_model)
-    return F.pad(enc, (0, 0, 1, 0)).to(dtype or enc.dtype)
+    enc = F.pad(enc, [0, 0, 1, 0])
+    return enc if dtype is None else enc.to(dtype)
 
 
-def rel_shift(x_padded: Tensor) -> Tensor:
-    """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
-
-    ``x_padded``: ``[..., T, K + 1]``, contiguous, whose column 0 is zero (the pad) and whose column
-    ``c + 1`` holds the score of query ``i`` against encoding row ``c`` (distance ``K - 1 - c``).
-    Returns a view ``[..., T, K]`` with ``out[..., i, j] = x[..., i, T - 1 + j - i]``: the score for
-    distance ``M + i - j`` (``M = K - T``) wherever ``j <= M + i``. Entries above that causal diagonal
-    are other rows' values and must be masked by the caller.
-
-    Reading the padded ``[T, K + 1]`` block flat, skipping its first ``T`` entries and reading the rest
-    as ``[T, K]`` shifts row ``i`` left by ``T - 1 - i`` places: no copy, no loop.
-    """
-    *batch, qlen, klen_plus_1 = x_padded.shape
-    klen = klen_plus_1 - 1
-    flat = x_padded.reshape(*batch, qlen * klen_plus_1)
-    return flat[..., qlen:].view(*batch, qlen, klen)
-
-
-def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int, device=None) -> Tensor:
+def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
+                   device: Optional[torch.device] = None) -> Tensor:
     """Boolean mask ``[qlen, mlen + qlen]``, True where query ``i`` must NOT see key ``j``.
 
     Query ``i`` sits at key position ``p = mlen + i``. Causal: keys ``j > p`` are masked.
-    ``same_length`` (the authors' / NVIDIA's / HuggingFace's variant): additionally keys at distance
-    ``p - j >= mem_len`` are masked, so every query sees exactly the ``mem_len`` most recent keys
-    including itself (fewer only where fewer exist). With a full memory (``mlen == mem_len``) the
-    oldest memory key is therefore never seen, exactly as in the original code.
+    ``same_length`` (the authors' variant): additionally keys at distance ``p - j >= mem_len`` are
+    masked, so every query sees exactly the ``mem_len`` most recent keys including itself (fewer only
+    where fewer exist). With a full memory (``mlen == mem_len``) the oldest memory key is therefore
+    never seen, exactly as in the authors' code.
     """
     p = torch.arange(mlen, mlen + qlen, device=device).unsqueeze(1)
     j = torch.arange(mlen + qlen, device=device).unsqueeze(0)
@@ -84,6 +87,82 @@ def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int, device
     if same_length:
         mask = mask | (p - j >= mem_len)
     return mask
+
+
+def rel_shift(x_padded: Tensor) -> Tensor:
+    """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
+
+    ``x_padded``: ``[H, B, T, K + 1]``, contiguous, whose column 0 is zero (the pad) and whose column
+    ``c + 1`` holds the score of query ``i`` against encoding row ``c`` (distance ``K - 1 - c``).
+    Returns a view ``[H, B, T, K]`` with ``out[..., i, j] = x[..., i, T - 1 + j - i]``: the score for
+    distance ``M + i - j`` (``M = K - T``) wherever ``j <= M + i``. Entries above that causal diagonal
+    are other rows' values and must be masked by the caller.
+
+    Reading the padded ``[T, K + 1]`` block flat, skipping its first ``T`` entries and reading the rest
+    as ``[T, K]`` shifts row ``i`` left by ``T - 1 - i`` places: no copy, no loop.
+    """
+    heads, bsz, qlen, klen_plus_1 = x_padded.shape
+    flat = x_padded.reshape(heads, bsz, qlen * klen_plus_1)
+    return flat[:, :, qlen:].view(heads, bsz, qlen, klen_plus_1 - 1)
+
+
+def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r_w_bias: Tensor,
+                       r_r_bias: Tensor, mask: Optional[Tensor], dropatt: float = 0.0,
+                       training: bool = False) -> Tensor:
+    """Attention of ``T`` queries over ``K`` keys with Transformer-XL's relative positions.
+
+    q ``[B, T, H, Dh]``; k, v ``[B, K, H, Dh]`` (memory first, then the segment); position_keys
+    ``[K + 1, H, Dh]`` (``r_net`` of :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
+    mask bool ``[T, K]`` or None. Returns ``[B, T, H * Dh]``. Scores are masked and normalised in
+    fp32 whatever the input dtype.
+    """
+    bsz, qlen, n_head, d_head = q.shape
+    klen = k.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    # Content term (q + u).k: [B, H, T, K]. The scale is folded into the (small) queries.
+    q_content = ((q + r_w_bias) * scale).transpose(1, 2)
+    score = torch.matmul(q_content, k.permute(0, 2, 3, 1))
+    # Position term (q + v).R for every (query, encoding row), one GEMM per head over all
+    # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    # In place: neither matmul's nor masked_fill's backward needs these values.
+    score.add_(rel_shift(position).transpose(0, 1))
+    if score.dtype == torch.float16 or score.dtype == torch.bfloat16:
+        score = score.float()  # mask and normalise in fp32, never in half precision
+    if mask is not None:
+        score.masked_fill_(mask, -1e30)  # MASK_VALUE (a literal: TorchScript reads no globals)
+    prob = torch.softmax(score, dim=-1).to(v.dtype)
+    if dropatt > 0.0 and training:
+        prob = F.dropout(prob, p=dropatt)
+    attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
+    return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
+
+
+def fused_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
+                             r_w_bias: Tensor, r_r_bias: Tensor, mask: Optional[Tensor],
+                             dropatt: float = 0.0, training: bool = False) -> Tensor:
+    """:func:`relative_attention` through torch's fused ``scaled_dot_product_attention``.
+
+    The position term (after the relative shift, masked with ``-inf``) is the kernel's additive
+    attention bias; the kernel computes the content term, the softmax and the weighted sum without
+    keeping the probabilities (on CUDA the memory-efficient kernel, which supports a bias and its
+    gradient). Same arguments and result as :func:`relative_attention`; no row is ever fully masked
+    (a query always sees itself), so ``-inf`` gives no NaN.
+    """
+    bsz, qlen, n_head, d_head = q.shape
+    klen = k.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
+    bias = rel_shift(position).transpose(0, 1)
+    if mask is not None:
+        bias = bias.masked_fill(mask, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        (q + r_w_bias).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=bias.contiguous(), dropout_p=dropatt if training else 0.0, scale=scale,
+    )
+    return out.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
 
 class RelativeMultiHeadAttention(nn.Module):
@@ -95,76 +174,61 @@ class RelativeMultiHeadAttention(nn.Module):
     """
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float,
-                 pre_lnorm: bool = False):
+                 pre_lnorm: bool = False, implementation: str = "auto"):
         super().__init__()
         self.n_head, self.d_model, self.d_head = n_head, d_model, d_head
-        self.scale = 1.0 / math.sqrt(d_head)
         self.pre_lnorm = pre_lnorm
+        # "reference" (relative_attention), "sdpa" (fused_relative_attention), or "auto": sdpa on
+        # CUDA, reference elsewhere (docs/model.md: what was measured on CPU)
+        self.implementation = implementation
         self.dropout, self.dropatt = dropout, dropatt
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
         self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
         self.layer_norm = nn.LayerNorm(d_model)
 
-    def forward(self, h: Tensor, pos_emb: Tensor, r_w_bias: Tensor, r_r_bias: Tensor,
-                mask: Optional[Tensor], mem: Optional[Tensor] = None,
-                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None,
-                kv_out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """
-        h: ``[B, T, d_model]`` current segment; mem: ``[B, M, d_model]`` or None (detached).
-        mem_kv: optional ``[B, M, 2, n_head, d_head]`` keys/values of ``mem`` computed earlier with
-        the same weights (generation and evaluation reuse them instead of recomputing).
-        pos_emb: ``[K + 1, d_model]`` encodings whose row 0 is zero and rows ``1..K`` stand for
-        distances ``K-1, ..., 0`` (see :func:`rel_shift`); r_w_bias/r_r_bias: ``[n_head, d_head]``.
-        mask: bool ``[T, K]`` (True = hidden) or None. pos_key: optional ``r_net(pos_emb)``
-        ``[K + 1, n_head * d_head]`` computed earlier with the same weights. kv_out: optional
-        ``[B, K, 2, n_head, d_head]`` whose first ``M`` positions already hold the memory's keys/values
-        (see :mod:`truncated_bptt.memory_buffers`): the segment's are written after them, and
-        ``mem``/``mem_kv`` are not used.
-        Returns the output ``[B, T, d_model]`` and the keys/values ``[B, K, 2, n_head, d_head]``.
+    def memory_keys_values(self, memory: Tensor) -> Tensor:
+        """Keys and values ``[B, M, 2, n_head, d_head]`` of a (detached) memory ``[B, M, d_model]``,
+        from the k/v rows of ``qkv_net``: autograd never forms a gradient for the memory."""
+        x = self.layer_norm(memory) if self.pre_lnorm else memory
+        kv_weight = self.qkv_net.weight[self.n_head * self.d_head:]
+        return F.linear(x, kv_weight).view(memory.size(0), memory.size(1), 2, self.n_head, self.d_head)
+
+    def forward(self, h: Tensor, encodings: Tensor, mask: Optional[Tensor], r_w_bias: Tensor,
+                r_r_bias: Tensor, memory: Optional[Tensor] = None,
+                keys_values: Optional[Tensor] = None, position_keys: Optional[Tensor] = None) -> Tensor:
+        """h ``[B, T, d_model]`` -> ``[B, T, d_model]``, attending over ``[memory; h]``.
+
+        The memory's keys/values come from one of:
+        - ``memory`` ``[B, M, d_model]`` (or None: no memory), projected here;
+        - ``keys_values`` ``[B, M + T, 2, n_head, d_head]`` whose first ``M`` positions already hold
+          them (an inference pass keeps them, :mod:`truncated_bptt.inference_cache`): the segment's
+          keys/values are written into the last ``T`` positions and ``memory`` is not read.
+        position_keys: ``r_net(encodings)`` ``[K + 1, n_head * d_head]`` if already computed.
         """
         bsz, qlen, _ = h.shape
-        n_head, d_head, hd = self.n_head, self.d_head, self.n_head * self.d_head
+        n_head, d_head = self.n_head, self.d_head
         x = self.layer_norm(h) if self.pre_lnorm else h
-        # Fused q/k/v for the current segment; keys/values of the (detached) memory come from the
-        # k/v rows of the same weight, so autograd never forms a gradient for the memory inputs.
         qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
-        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
-        if kv_out is not None:  # the memory's keys/values are already in place: no copy of them
-            kv_out[:, kv_out.size(1) - qlen:].copy_(kv)
-            kv, mem, mem_kv = kv_out, None, None
-        if mem_kv is None and mem is not None and mem.size(1) > 0:
-            m = self.layer_norm(mem) if self.pre_lnorm else mem
-            mem_kv = F.linear(m, self.qkv_net.weight[hd:]).view(bsz, -1, 2, n_head, d_head)
-        if mem_kv is not None and mem_kv.size(1) > 0:
-            kv = torch.cat([mem_kv.to(kv.dtype), kv], dim=1)
-        k, v = kv.unbind(2)
-        klen = k.size(1)
-        if pos_key is None:
-            pos_key = F.linear(pos_emb, self.r_net.weight)
-        r = pos_key.view(klen + 1, n_head, d_head)
-
-        # Content term (q + u).k: [B, H, T, K]. The scale is folded into the (small) queries.
-        q_content = ((q + r_w_bias) * self.scale).transpose(1, 2)
-        score = torch.matmul(q_content, k.permute(0, 2, 3, 1))
-        # Position term (q + v).R for every (query, encoding row), one GEMM per head over all
-        # B*T queries: [H, B*T, Dh] @ [H, Dh, K+1] -> [H, B, T, K+1], column 0 = 0 (zero row).
-        q_position = ((q + r_r_bias) * self.scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
-        position = torch.bmm(q_position, r.permute(1, 2, 0)).view(n_head, bsz, qlen, klen + 1)
-        # In place: neither matmul's nor masked_fill's backward needs these values.
-        score.add_(rel_shift(position).transpose(0, 1))
-        if score.dtype in (torch.float16, torch.bfloat16):  # mask/normalise in fp32, never in half
-            score = score.float()
-        if mask is not None:
-            score.masked_fill_(mask, MASK_VALUE)
-        prob = torch.softmax(score, dim=-1).to(v.dtype)
-        if self.dropatt > 0.0 and self.training:
-            prob = F.dropout(prob, p=self.dropatt)
-        attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
-        attn = attn.transpose(1, 2).reshape(bsz, qlen, hd)
+        kv = qkv[:, :, 1:]
+        if keys_values is not None:
+            keys_values[:, keys_values.size(1) - qlen:].copy_(kv)
+            kv = keys_values
+        elif memory is not None and memory.size(1) > 0:
+            kv = torch.cat([self.memory_keys_values(memory).to(kv.dtype), kv], dim=1)
+        if position_keys is None:
+            position_keys = F.linear(encodings, self.r_net.weight)
+        q, k, v = qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]
+        position_keys = position_keys.view(-1, n_head, d_head)
+        if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
+            attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                            self.dropatt, self.training)
+        else:
+            attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                      self.dropatt, self.training)
         out = self.o_net(attn)
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)
         if self.pre_lnorm:
-            return h + out, kv
-        return self.layer_norm(h + out), kv
+            return h + out
+        return self.layer_norm(h + out)

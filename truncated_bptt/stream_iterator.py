@@ -10,6 +10,12 @@ of the streams' state. fairseq restores exactly one piece of task-provided state
 it resumes training, the training iterator's state (``extra_state["train_iterator"]``;
 ``Trainer.load_checkpoint`` never calls ``task.load_state_dict``), so the memory travels there,
 with the position it belongs to. ``--reset-dataloader`` drops both together.
+
+A position is a step index, so it only means the same text when the split, the number of streams
+and ``--tokens-per-sample`` are the ones it was saved with. Those are saved beside it, and resuming
+mid-epoch with any of them changed is refused (how the streams are spread over processes may change:
+each rank takes its rows of the saved memory). At an epoch boundary nothing carries over and any
+change is fine.
 """
 import logging
 
@@ -42,22 +48,26 @@ class StreamEpochBatchIterator(iterators.EpochBatchIterator):
 
     def state_dict(self):
         state = super().state_dict()
-        state["num_streams"] = self.dataset.num_streams
+        state.update(self._layout())
         if state["iterations_in_epoch"] > 0 and self.memory_keeper is not None:
             mems = self.memory_keeper.memory_for_checkpoint(self.dataset.memory_key)
             if mems is not None:
                 state["stream_memory"] = {"memory_key": self.dataset.memory_key, "mems": mems}
         return state
 
+    def _layout(self):
+        """What a saved position means: the split (by name and size), S and T."""
+        return {
+            "split": self.dataset.memory_key,
+            "split_tokens": int(self.dataset.stream_lengths.sum()),
+            "num_streams": self.dataset.num_streams,
+            "tokens_per_sample": self.dataset.tokens_per_sample,
+        }
+
     def load_state_dict(self, state_dict):
         position = state_dict.get("iterations_in_epoch", 0)
-        saved_streams = state_dict.get("num_streams")
-        if position > 0 and saved_streams is not None and saved_streams != self.dataset.num_streams:
-            raise ValueError(
-                f"the checkpoint stopped mid-epoch in {saved_streams} streams, but this run cuts "
-                f"the data into {self.dataset.num_streams} (--batch-size x number of GPUs): resume "
-                f"with the same total, or pass --reset-dataloader to restart the epoch"
-            )
+        if position > 0:
+            check_same_layout(state_dict, self._layout(), position)
         super().load_state_dict(state_dict)
         saved = state_dict.get("stream_memory")
         if position > 0 and saved is not None and self.memory_keeper is not None:
@@ -72,3 +82,29 @@ class StreamEpochBatchIterator(iterators.EpochBatchIterator):
                 "restored the memory of streams %d-%d at step %d",
                 rows.start, rows.stop - 1, position,
             )
+
+
+# What to resume with when a saved layout entry differs (checkpoints from before an entry was
+# saved lack it and are not checked for it).
+FIXES = {
+    "split": lambda v: f"--train-subset {v}",
+    "split_tokens": lambda v: f"the same data (a split of {v:,} tokens)",
+    "num_streams": lambda v: f"{v} streams in all (--batch-size x number of processes = {v})",
+    "tokens_per_sample": lambda v: f"--tokens-per-sample {v}",
+}
+WHAT = {"split": "split", "split_tokens": "split size in tokens",
+        "num_streams": "number of streams", "tokens_per_sample": "--tokens-per-sample"}
+
+
+def check_same_layout(saved_state, layout, position):
+    """Refuse, in one line, to resume mid-epoch at ``position`` with another stream layout."""
+    changed = [k for k, v in layout.items() if k in saved_state and saved_state[k] != v]
+    if not changed:
+        return
+    differences = ", ".join(f"{WHAT[k]} {saved_state[k]} -> {layout[k]}" for k in changed)
+    fixes = " and ".join(FIXES[k](saved_state[k]) for k in changed)
+    raise ValueError(
+        f"the checkpoint stopped mid-epoch (step {position}) in another stream layout than this "
+        f"run's ({differences}), so its position and memory would not match the text: resume with "
+        f"{fixes}, or pass --reset-dataloader to restart the epoch (dropping that position and memory)"
+    )

@@ -23,6 +23,8 @@ from typing import List, Optional
 import torch
 from fairseq.distributed import utils as distributed_utils
 
+from truncated_bptt.memory import XLMemory
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,12 +36,17 @@ def _decoder(model):
 class StreamMemoryKeeper:
     """Snapshots, gathers and restores the memory of the training streams.
 
-    Memory tensors follow the model contract: a list (one entry per layer) of [B, M, d_model]
-    tensors for this rank's B streams; gathered memory is [S, M, d_model] per layer, rows in
-    global stream order (rank r's rows are r*B ... r*B+B-1).
+    The model's memory is an :class:`~truncated_bptt.memory.XLMemory` of this rank's B streams;
+    checkpoints hold a list (one entry per layer) of [S, M, d_model] CPU tensors, rows in global
+    stream order (rank r's rows are r*B ... r*B+B-1).
+
+    ``save_interval_updates`` / ``max_update``: fairseq's options, which decide after which updates
+    a checkpoint may be written (0: unset).
     """
 
-    def __init__(self):
+    def __init__(self, save_interval_updates: int = 0, max_update: int = 0):
+        self.save_interval_updates = save_interval_updates
+        self.max_update = max_update
         self.model = None
         self.train_key: Optional[str] = None
         self.segments_seen = 0  # training segments processed by this process
@@ -64,10 +71,25 @@ class StreamMemoryKeeper:
             )
             return
         device = next(model.parameters()).device
-        _decoder(model).set_stream_memory(key, [m.to(device) for m in mems])
+        _decoder(model).set_stream_memory(key, XLMemory.from_checkpoint(mems, device))
 
     def after_train_forward(self):
         self.segments_seen += 1
+
+    # ---- the snapshot policy: when other ranks' memory must reach rank 0 ----------------------
+    def after_update(self, num_updates: int):
+        """After the optimizer step of update ``num_updates``: snapshot if a checkpoint may follow."""
+        every, last = self.save_interval_updates, self.max_update
+        if (every > 0 and num_updates % every == 0) or (last > 0 and num_updates >= last):
+            self._snapshot_if_distributed()
+
+    def before_validation(self):
+        """fairseq validates before every mid-epoch checkpoint it writes for other reasons."""
+        self._snapshot_if_distributed()
+
+    def _snapshot_if_distributed(self):
+        if distributed_utils.get_data_parallel_world_size() > 1:
+            self.snapshot()
 
     # ---- checkpoint writing ------------------------------------------------------------------
     def snapshot(self):
@@ -76,10 +98,11 @@ class StreamMemoryKeeper:
             return
         group = distributed_utils.get_data_parallel_group()
         world_size = distributed_utils.get_world_size(group)
-        mems = _decoder(self.model).get_stream_memory(self.train_key)
+        memory = _decoder(self.model).get_stream_memory(self.train_key)
         gathered = None
-        if mems:
-            gathered = gather_rows(torch.stack([m.detach() for m in mems]), group, world_size)
+        if memory is not None:
+            gathered = gather_rows(torch.stack([h.detach() for h in memory.hiddens]), group,
+                                   world_size)
         self._snapshot = (self.segments_seen, self.train_key, gathered)
 
     def memory_for_checkpoint(self, memory_key) -> Optional[List[torch.Tensor]]:
@@ -87,8 +110,8 @@ class StreamMemoryKeeper:
         if self.model is None or memory_key != self.train_key:
             return None
         if distributed_utils.get_data_parallel_world_size() == 1:
-            mems = _decoder(self.model).get_stream_memory(memory_key)
-            return [m.detach().cpu().clone() for m in mems] if mems else None
+            memory = _decoder(self.model).get_stream_memory(memory_key)
+            return memory.to_checkpoint() if memory is not None else None
         if self._snapshot is not None:
             seen, key, gathered = self._snapshot
             if seen == self.segments_seen and key == memory_key:

@@ -1,11 +1,11 @@
 """One Transformer-XL decoder layer: relative attention sublayer, then position-wise feed-forward."""
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from truncated_bptt.relative_attention import RelativeMultiHeadAttention
+from truncated_bptt.relative_attention import AttentionContext, RelativeMultiHeadAttention
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -37,14 +37,15 @@ class PositionwiseFeedForward(nn.Module):
 class TransformerXLLayer(nn.Module):
     """Attention over ``[memory; segment]`` followed by the feed-forward block.
 
-    With ``untie_r`` the layer owns its ``r_w_bias``/``r_r_bias`` (``u``/``v``); otherwise the
-    decoder passes the shared ones to :meth:`forward`.
+    With ``untie_r`` the layer owns its ``r_w_bias``/``r_r_bias`` (``u``/``v``); otherwise it uses
+    the shared ones of the :class:`AttentionContext`.
     """
 
     def __init__(self, n_head, d_model, d_head, d_inner, dropout, dropatt, pre_lnorm=False,
-                 untie_r=False):
+                 untie_r=False, attention="auto"):
         super().__init__()
-        self.attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
+        self.attn = RelativeMultiHeadAttention(n_head, d_model, d_head, dropout, dropatt, pre_lnorm,
+                                               attention)
         self.ff = PositionwiseFeedForward(d_model, d_inner, dropout, pre_lnorm)
         if untie_r:
             self.r_w_bias = nn.Parameter(torch.empty(n_head, d_head))
@@ -52,15 +53,16 @@ class TransformerXLLayer(nn.Module):
         else:
             self.r_w_bias = self.r_r_bias = None
 
-    def forward(self, h: Tensor, pos_emb: Tensor, mask: Optional[Tensor], mem: Optional[Tensor],
-                r_w_bias: Optional[Tensor] = None, r_r_bias: Optional[Tensor] = None,
-                mem_kv: Optional[Tensor] = None, pos_key: Optional[Tensor] = None,
-                kv_out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """h ``[B, T, d]``, mem ``[B, M, d]`` or None, pos_emb ``[K + 1, d]``, mask ``[T, K]``,
-        mem_kv / pos_key / kv_out: cached keys/values of mem / positional keys / keys and values
-        already in place, or None. Returns the output ``[B, T, d]`` and the keys/values
-        ``[B, K, 2, n_head, d_head]`` (see :class:`RelativeMultiHeadAttention`)."""
-        if self.r_w_bias is not None:
-            r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
-        out, kv = self.attn(h, pos_emb, r_w_bias, r_r_bias, mask, mem, mem_kv, pos_key, kv_out)
-        return self.ff(out), kv
+    def forward(self, h: Tensor, context: AttentionContext, memory: Optional[Tensor] = None,
+                keys_values: Optional[Tensor] = None,
+                position_keys: Optional[Tensor] = None) -> Tensor:
+        """h ``[B, T, d]`` -> ``[B, T, d]``. memory ``[B, M, d]`` (this layer's input at the memory
+        positions) or None; keys_values / position_keys: what an inference pass already computed
+        (see :meth:`RelativeMultiHeadAttention.forward`)."""
+        r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
+        if r_w_bias is None or r_r_bias is None:
+            r_w_bias, r_r_bias = context.r_w_bias, context.r_r_bias
+        assert r_w_bias is not None and r_r_bias is not None, "shared u/v missing from the context"
+        out = self.attn(h, context.encodings, context.mask, r_w_bias, r_r_bias, memory=memory,
+                        keys_values=keys_values, position_keys=position_keys)
+        return self.ff(out)

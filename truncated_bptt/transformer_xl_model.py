@@ -3,18 +3,21 @@
 Our own implementation of the authors' / NVIDIA's formulation (no HuggingFace dependency), with the
 option names and defaults of fairseq's ``examples/truncated_bptt`` so its command lines run unchanged.
 
-Memory ("recurrence"): every layer keeps its inputs of the last ``mem_len`` positions, detached, in
-the model's dtype, batch-first ``[B, M, d_model]``. Memory lives in fairseq incremental-state dicts:
-one per stream set (``memory_key``: "train", "valid", ...) held by the decoder for streaming
-training/evaluation, and the ``incremental_state`` fairseq's SequenceGenerator passes for generation.
+Memory ("recurrence", :mod:`truncated_bptt.memory`): every layer keeps its inputs of the last
+``mem_len`` positions, detached, in the model's dtype, batch-first ``[B, M, d_model]``. The decoder
+keeps one memory per stream set (``memory_key``: "train", "valid", ...) for streaming training and
+evaluation; a generation keeps its memory in the ``incremental_state`` fairseq's SequenceGenerator
+passes. Inference passes reuse what they computed once (:mod:`truncated_bptt.inference_cache`).
 """
+import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import (
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
@@ -26,9 +29,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from truncated_bptt.adaptive_input import AdaptiveInput
-from truncated_bptt.memory_buffers import MemoryBuffers
+from truncated_bptt.compiled_layers import CompiledLayers
+from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
+from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
-from truncated_bptt.relative_attention import attention_mask, position_encodings
+from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,17 @@ class TransformerXLConfig(FairseqDataclass):
     offload_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations and keep the saved ones on CPU"}
     )
+    attention: ChoiceEnum(["auto", "reference", "sdpa"]) = field(
+        default="auto", metadata={"help": "attention kernel: reference (matmuls + softmax), sdpa "
+                                          "(torch's fused scaled_dot_product_attention with the "
+                                          "position term as its bias), auto (sdpa on CUDA, "
+                                          "reference on CPU); all give the same results"}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "run the layers through torch.compile (inductor: a C++ "
+                                         "compiler on CPU, triton on CUDA); where compiling fails, "
+                                         "one warning and eager execution"}
+    )
     zero_initial_memory: bool = field(
         default=False, metadata={"help": "start every stream with mem_len zero vectors of memory, as "
                                          "HuggingFace's TransfoXL (and so fairseq's example) does; "
@@ -101,8 +117,8 @@ def clip_cutoffs(cutoffs: List[int], n_token: int) -> List[int]:
     return [c for c in cutoffs if c < n_token]
 
 
-def validate_config(cfg, n_token: int) -> None:
-    """Raise a one-line ValueError naming the bad option and the fix."""
+def validate_config(cfg, n_token: int) -> MemoryOptions:
+    """Raise a one-line ValueError naming the bad option and the fix; return the memory options."""
     for name in ("n_layer", "d_model", "n_head", "d_head", "d_inner"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -118,38 +134,38 @@ def validate_config(cfg, n_token: int) -> None:
             f"--div-val {cfg.div_val} leaves the last of {n_clusters + 1} clusters no dimensions "
             f"(d_embed {d_embed}); use a smaller --div-val or fewer --cutoffs"
         )
-    check_memory_options(cfg)
     for name in ("dropout", "dropatt"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ValueError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    return MemoryOptions.from_config(cfg)
 
 
-def check_memory_options(cfg) -> None:
-    if cfg.mem_len < 0:
-        raise ValueError(f"mem_len must be >= 0, got {cfg.mem_len}")
-    if cfg.same_length and cfg.mem_len <= 0:
-        raise ValueError("same_length needs mem_len > 0 (each query sees mem_len keys); set --mem-len")
+_NOT_GIVEN = object()
 
 
 @register_model("transformer_xl", dataclass=TransformerXLConfig)
 class TransformerXLLanguageModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, cfg: TransformerXLConfig, task):
-        from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMTask
-
-        # fairseq-eval-lm/-generate build the task from the command line, not from the checkpoint:
-        # under fairseq's default `language_modeling` every segment would be scored without memory
-        # and the run would look fine. Refuse instead of reporting a silently wrong perplexity.
-        if not isinstance(task, TruncatedBPTTLMTask):
-            raise ValueError(
-                f"transformer_xl needs --task truncated_bptt_lm (got task "
-                f"{getattr(task.cfg, '_name', type(task).__name__)!r}): only that task feeds the "
-                "model its streams in order with memory; add --task truncated_bptt_lm"
-            )
         return cls(TransformerXLDecoder(cfg, task.target_dictionary))
 
-    def forward(self, src_tokens, src_lengths=None, incremental_state=None, memory_key=None,
+    def forward(self, src_tokens, src_lengths=None, incremental_state=None, memory_key=_NOT_GIVEN,
                 segment_index=None, **kwargs):
+        """fairseq's entry point. Batches of ``truncated_bptt_lm`` carry ``memory_key`` (which
+        streams' memory to use) and ``segment_index``; ``memory_key=None`` runs one stateless segment.
+
+        A batch without ``memory_key`` comes from another task (e.g. fairseq-eval-lm's default
+        ``language_modeling``), which would score every segment without memory and report a
+        silently wrong perplexity: refused.
+        """
+        if memory_key is _NOT_GIVEN:
+            if incremental_state is None:
+                raise ValueError(
+                    "transformer_xl got a batch without memory_key: only --task truncated_bptt_lm "
+                    "feeds the model its streams in order with memory; add --task truncated_bptt_lm "
+                    "(or pass memory_key=None for one stateless segment)"
+                )
+            memory_key = None
         return self.decoder(src_tokens, src_lengths=src_lengths, incremental_state=incremental_state,
                             memory_key=memory_key, segment_index=segment_index)
 
@@ -157,13 +173,36 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
         return UNLIMITED_POSITIONS
 
 
+def _choice(value) -> str:
+    """A ChoiceEnum config value as its string (omegaconf may hand over the enum member)."""
+    return str(getattr(value, "value", value))
+
+
+def _eager(layer, *args):
+    return layer(*args)
+
+
+@dataclass
+class GenerationState:
+    """What one generation (fairseq's ``incremental_state``) keeps: the memory after the tokens
+    consumed so far, their number, and the pass's inference cache."""
+    memory: Optional[XLMemory] = None
+    consumed: int = 0
+    cache: Optional[InferenceCache] = None
+
+
 class TransformerXLDecoder(FairseqIncrementalDecoder):
-    """Adaptive input -> ``n_layer`` relative-attention layers over memory -> projected adaptive softmax."""
+    """Adaptive input -> ``n_layer`` relative-attention layers over memory -> projected adaptive softmax.
+
+    The network is :meth:`forward_segment`. Around it, fairseq's entry point :meth:`forward` keeps
+    the memory of each set of streams (``memory_key``: "train", "valid", ...) and of each generation
+    (``incremental_state``), and the inference caches (:mod:`truncated_bptt.inference_cache`).
+    """
 
     def __init__(self, cfg, dictionary):
         super().__init__(dictionary)
         n_token = len(dictionary)
-        validate_config(cfg, n_token)
+        self.memory_options = validate_config(cfg, n_token)
         self.cfg = cfg
         self.padding_idx = dictionary.pad()
         d_model = cfg.d_model
@@ -172,7 +211,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.embed = AdaptiveInput(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.layers = nn.ModuleList(
             TransformerXLLayer(cfg.n_head, d_model, cfg.d_head, cfg.d_inner, cfg.dropout, cfg.dropatt,
-                               cfg.pre_lnorm, untie_r=not cfg.tie_r)
+                               cfg.pre_lnorm, untie_r=not cfg.tie_r,
+                               attention=_choice(getattr(cfg, "attention", "auto")))
             for _ in range(cfg.n_layer)
         )
         if cfg.tie_r:
@@ -183,12 +223,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.softmax = ProjectedAdaptiveSoftmax(n_token, d_embed, d_model, cutoffs, cfg.div_val)
         self.reset_parameters()
         self.tie_output_to_input()
-        # memory_key -> fairseq incremental-state dict holding that stream set's memory
-        self._stream_states: Dict[str, Dict[str, Dict[str, Optional[Tensor]]]] = {}
+        self.compiled_layers = CompiledLayers() if getattr(cfg, "compile", False) else None
+        self._stream_memory: Dict[str, XLMemory] = {}  # memory_key -> memory of those streams
+        self._stream_caches: Dict[str, InferenceCache] = {}  # memory_key -> its pass's cache
+        self._cache_epoch = 0  # advanced whenever the weights may change (inference_cache.py)
         self._warned_missing: set = set()
         self._warned_no_memory = False
-        self._pos_key_cache = None  # (key, per-layer positional keys), see _cached_position_keys
-        self._constants_cache: Dict[tuple, Tuple[Optional[Tensor], Tensor]] = {}  # see _mask_and_encodings
 
     # ---------------------------------------------------------------- parameters
     def reset_parameters(self):
@@ -227,217 +267,177 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
                 else:
                     self.softmax.out_projs[i] = self.embed.emb_projs[i]
 
-    # ---------------------------------------------------------------- forward
+    # ---------------------------------------------------------------- the network
+    def forward_segment(self, tokens: Tensor, memory: Optional[XLMemory] = None,
+                        cache: Optional[InferenceCache] = None) -> Tuple[Tensor, Optional[XLMemory]]:
+        """One segment over its memory, as in the paper: embed, mask and relative positions, the
+        layers over ``[memory; segment]``, the new memory.
+
+        tokens ``[B, T]``; memory: ``M`` positions of every layer's input, or None (empty).
+        Returns features ``[B, T, d_model]`` and the memory after the segment (the last ``mem_len``
+        positions; None when ``mem_len`` is 0). ``cache``: the inference pass's, only without
+        gradients in eval mode (see :mod:`truncated_bptt.inference_cache`); None recomputes all.
+        """
+        if cache is not None and (torch.is_grad_enabled() or self.training):
+            raise ValueError("an inference cache is only for eval mode without gradients")
+        h = self.embed(tokens)
+        if memory is not None and memory.hiddens[0].dtype != h.dtype:
+            memory = memory.to(dtype=h.dtype)
+        qlen, mlen = tokens.size(1), 0 if memory is None else memory.length
+        context = self._attention_context(qlen, mlen, h, cache)
+        position_keys = [None] * len(self.layers) if cache is None \
+            else cache.position_keys(self.layers, context.encodings)
+        if self.training and self.cfg.dropout > 0.0:
+            h = F.dropout(h, p=self.cfg.dropout)
+            context = context._replace(encodings=F.dropout(context.encodings, p=self.cfg.dropout))
+        writer = self._memory_writer(memory, qlen, cache, h)
+        with self._offload_context():
+            for i, layer in enumerate(self.layers):
+                layer_memory, keys_values = writer.layer_input(i, h)
+                h = self._call_layer(layer, h, context, layer_memory, keys_values, position_keys[i])
+        if self.training and self.cfg.dropout > 0.0:
+            h = F.dropout(h, p=self.cfg.dropout)
+        return h, writer.memory_after(self.memory_options.mem_len)
+
+    def _attention_context(self, qlen: int, mlen: int, like: Tensor,
+                           cache: Optional[InferenceCache]) -> AttentionContext:
+        if cache is None:
+            mask, encodings = self._mask_and_encodings(qlen, mlen, like)
+        else:
+            mask, encodings = cache.mask_and_encodings(qlen, mlen, like, self._mask_and_encodings)
+        return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias)
+
+    def _mask_and_encodings(self, qlen: int, mlen: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+        """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden: a single new
+        token without same_length) and the position encodings ``[mlen + qlen + 1, d_model]``."""
+        opts = self.memory_options
+        mask = None
+        if qlen > 1 or opts.same_length:
+            mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, device=like.device)
+        encodings = position_encodings(mlen + qlen, self.cfg.d_model, opts.clamp_len, like.device,
+                                       like.dtype)
+        return mask, encodings
+
+    def _memory_writer(self, memory: Optional[XLMemory], qlen: int,
+                       cache: Optional[InferenceCache], like: Tensor):
+        """Keys/values and memory growth: in buffers with the cache, by concatenation without."""
+        if cache is None or self.memory_options.mem_len == 0:
+            return ConcatenatingWriter(memory)
+        return GrowingWriter(self.layers, memory, qlen, self.memory_options.mem_len, cache, like)
+
+    def _call_layer(self, layer, h, context, memory, keys_values, position_keys) -> Tensor:
+        call = self.compiled_layers if self.compiled_layers is not None else _eager
+        if self.training and torch.is_grad_enabled() \
+                and (self.cfg.checkpoint_activations or self.cfg.offload_activations):
+            return checkpoint(call, layer, h, context, memory, keys_values, position_keys,
+                              use_reentrant=False)
+        return call(layer, h, context, memory, keys_values, position_keys)
+
+    def _offload_context(self):
+        if self.training and torch.is_grad_enabled() and self.cfg.offload_activations:
+            return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- fairseq's entry point
     def forward(self, src_tokens: Tensor, src_lengths=None, incremental_state=None,
                 memory_key: Optional[str] = None, segment_index: Optional[int] = None,
                 encoder_out=None, **unused):
         """src_tokens ``[B, T]`` -> ``(features [B, T', d_model], {"attn": [None], "inner_states": None})``.
 
-        ``T' = T`` except in generation, where only the tokens not yet consumed by
-        ``incremental_state`` are processed (normally the last one).
+        With ``incremental_state`` (generation) only the ``T'`` tokens not yet consumed are run
+        (normally the last one); with ``memory_key`` the segment continues those streams (segment
+        0 starts them afresh); with neither it is one segment without memory.
         """
         if incremental_state is not None:
-            features = self._forward_incremental(src_tokens, incremental_state)
+            features = self._generation_step(src_tokens, incremental_state)
         elif memory_key is not None:
-            features = self._forward_stream(src_tokens, memory_key, segment_index)
+            features = self._stream_step(src_tokens, memory_key, segment_index)
         else:
-            features, _ = self.extract_features(src_tokens, None)
+            features, _ = self.forward_segment(src_tokens)
         return features, {"attn": [None], "inner_states": None}
 
-    def _forward_stream(self, tokens: Tensor, key: str, segment_index) -> Tensor:
-        state = None
-        if segment_index is not None and int(segment_index) > 0:
-            state = self._saved_memory(self._stream_states.get(key))
-            if state is None and key not in self._warned_missing:
-                self._warned_missing.add(key)
-                logger.warning(f"segment {int(segment_index)} of stream set '{key}' has no memory "
-                               "(e.g. resumed without it); starting with empty memory")
-        if state is None and getattr(self.cfg, "zero_initial_memory", False) and self.cfg.mem_len > 0:
-            zeros = torch.zeros(tokens.size(0), self.cfg.mem_len, self.cfg.d_model, device=tokens.device)
-            state = {f"layer_{i}": zeros for i in range(len(self.layers))}
-        if state is not None and state["layer_0"].size(0) != tokens.size(0):
+    def extract_features(self, prev_output_tokens: Tensor, **unused):
+        """One segment without memory: ``(features [B, T, d_model], extra)``."""
+        features, _ = self.forward_segment(prev_output_tokens)
+        return features, {"attn": [None], "inner_states": None}
+
+    def _stream_step(self, tokens: Tensor, key: str, segment_index) -> Tensor:
+        """The next segment of the streams ``key``: over their memory, which it then replaces."""
+        index = 0 if segment_index is None else int(segment_index)
+        if index == 0:  # a new pass over the split: fresh memory and, without gradients, cache
+            self.reset_stream_memory(key)
+        memory = self._initial_memory(tokens, key, index)
+        cache = self._usable_cache(self._stream_caches.get(key))
+        if cache is not None:
+            self._stream_caches[key] = cache
+        features, memory = self.forward_segment(tokens, memory, cache)
+        if memory is None:
+            self._stream_memory.pop(key, None)
+        else:
+            self._stream_memory[key] = memory
+        return features
+
+    def _initial_memory(self, tokens: Tensor, key: str, index: int) -> Optional[XLMemory]:
+        memory = self._stream_memory.get(key)
+        if memory is None and index > 0 and key not in self._warned_missing:
+            self._warned_missing.add(key)
+            logger.warning(f"segment {index} of stream set '{key}' has no memory (e.g. resumed "
+                           "without it); starting with empty memory")
+        opts = self.memory_options
+        if memory is None and opts.zero_initial_memory and opts.mem_len > 0:
+            memory = XLMemory.zeros(len(self.layers), tokens.size(0), opts.mem_len, self.cfg.d_model,
+                                    like=self.layers[0].attn.o_net.weight)
+        if memory is not None and memory.batch_size != tokens.size(0):
             raise ValueError(
-                f"stream set '{key}' has memory for {state['layer_0'].size(0)} streams but the batch "
+                f"stream set '{key}' has memory for {memory.batch_size} streams but the batch "
                 f"has {tokens.size(0)} rows; keep the batch size fixed within a pass or start at "
                 "segment 0"
             )
-        features, new_state = self._run(tokens, state)
-        if new_state is None:
-            self.reset_stream_memory(key)
-        else:
-            self.set_incremental_state(self._stream_states.setdefault(key, {}), "memory", new_state)
-        return features
+        return memory
 
-    def _forward_incremental(self, tokens: Tensor, incremental_state) -> Tensor:
-        state = self.get_incremental_state(incremental_state, "memory")
-        consumed = 0 if state is None else int(state["consumed"])
-        if self.cfg.mem_len == 0 and tokens.size(1) > 1 and not self._warned_no_memory:
+    def _generation_step(self, tokens: Tensor, incremental_state) -> Tensor:
+        """The tokens of ``tokens`` not consumed yet by this generation, over its memory."""
+        state = self._generation_state(incremental_state) or GenerationState()
+        if self.memory_options.mem_len == 0 and tokens.size(1) > 1 and not self._warned_no_memory:
             self._warned_no_memory = True
             logger.warning("mem_len is 0, so generation sees no context; pass e.g. "
                            "--model-overrides '{\"mem_len\": 512}'")
-        features, new_state = self._run(tokens[:, consumed:], self._saved_memory(state))
-        new_state = dict(new_state or {})
-        # "consumed" is a CPU scalar: reading it never synchronises with an accelerator.
-        new_state["consumed"] = torch.tensor(tokens.size(1))
-        self.set_incremental_state(incremental_state, "memory", new_state)
+        cache = self._usable_cache(state.cache)
+        features, memory = self.forward_segment(tokens[:, state.consumed:], state.memory, cache)
+        self._set_generation_state(incremental_state, GenerationState(memory, tokens.size(1), cache))
         return features
 
-    def _saved_memory(self, state) -> Optional[Dict[str, Tensor]]:
-        """The memory entries of an incremental-state dict (or of a stream's dict), or None."""
-        if state is not None and "layer_0" not in state:  # a stream's incremental-state dict
-            state = self.get_incremental_state(state, "memory")
-        if state is None or "layer_0" not in state:
+    # ---------------------------------------------------------------- inference caches
+    def _usable_cache(self, cache: Optional[InferenceCache]) -> Optional[InferenceCache]:
+        """``cache`` if it is still valid, a new one if it is not, None outside inference."""
+        if torch.is_grad_enabled() or self.training:
             return None
-        return state
+        if cache is not None and cache.epoch == self._cache_epoch:
+            return cache
+        return InferenceCache(self._cache_epoch)
 
-    def extract_features(self, tokens: Tensor, mems: Optional[List[Tensor]] = None,
-                         **unused) -> Tuple[Tensor, Optional[List[Tensor]]]:
-        """tokens ``[B, T]``, mems: ``n_layer`` tensors ``[B, M, d_model]`` or None.
+    def invalidate_inference_caches(self) -> None:
+        """The weights may change: no cache made so far is used again (memories stay)."""
+        self._cache_epoch += 1
+        self._stream_caches.clear()
 
-        Returns features ``[B, T, d_model]`` and the new memory (None when ``mem_len == 0``).
-        """
-        state = None if mems is None else {f"layer_{i}": m for i, m in enumerate(mems)}
-        features, new_state = self._run(tokens, state)
-        if new_state is None:
-            return features, None
-        return features, [new_state[f"layer_{i}"] for i in range(len(self.layers))]
+    def train(self, mode: bool = True):
+        if mode:
+            self.invalidate_inference_caches()
+        return super().train(mode)
 
-    def _run(self, tokens: Tensor, state: Optional[Dict[str, Tensor]]
-             ) -> Tuple[Tensor, Optional[Dict[str, object]]]:
-        """The network over ``[memory; tokens]``.
+    def set_num_updates(self, num_updates):
+        """Called by fairseq's trainer (through the model) after every optimizer step."""
+        self.invalidate_inference_caches()
 
-        ``state`` holds the memory: ``layer_i`` ``[B, M, d_model]`` for every layer, and, when it
-        was made without gradients, ``kv_i`` ``[B, M, 2, n_head, d_head]`` (the memory's keys and
-        values) with ``cached_for_weights`` identifying the parameters they were computed with.
-        Those are reused while the parameters are unchanged and gradients are off (evaluation, generation),
-        so a step never recomputes keys/values of the whole memory. Returns features
-        ``[B, T, d_model]`` and the new state (None when ``mem_len == 0``).
-        """
-        cfg = self.cfg
-        check_memory_options(cfg)
-        # Read once: cfg is an omegaconf node, whose attribute access is slow at this call rate.
-        mem_len, same_length, clamp_len, dropout = cfg.mem_len, cfg.same_length, cfg.clamp_len, cfg.dropout
-        bsz, qlen = tokens.shape
-        h = self.embed(tokens)
-        n_layer = len(self.layers)
-        mems = kvs = None
-        if state is not None:
-            mems = [state[f"layer_{i}"].to(h) for i in range(n_layer)]
-        cache_kv = not torch.is_grad_enabled() and mem_len > 0
-        weights_token = self._weights_token() if cache_kv else None
-        if cache_kv and state is not None and "kv_0" in state \
-                and state.get("cached_for_weights") == weights_token:
-            kvs = [state[f"kv_{i}"] for i in range(n_layer)]
-        mlen = mems[0].size(1) if mems is not None else 0
-        mask, pos_emb = self._mask_and_encodings(qlen, mlen, mem_len, same_length, clamp_len, h)
-        if dropout > 0.0 and self.training:
-            h = F.dropout(h, p=dropout)
-            pos_emb = F.dropout(pos_emb, p=dropout)
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_inference_caches()
+        super()._load_from_state_dict(*args, **kwargs)
 
-        use_checkpoint = self.training and torch.is_grad_enabled() \
-            and (cfg.checkpoint_activations or cfg.offload_activations)
-        pos_keys = self._cached_position_keys(pos_emb, clamp_len, weights_token) if cache_kv \
-            else [None] * n_layer
-        buffers = self._memory_buffers(state, mems, kvs, mlen, qlen, mem_len) if kvs is not None else None
-        hids, new_kvs = [], []
-        with self._offload_context(use_checkpoint):
-            for i, layer in enumerate(self.layers):
-                kv_out = None
-                if buffers is not None:  # [memory; segment] as views of the buffers, no copies
-                    hid = buffers.extended(f"layer_{i}", mlen, qlen)
-                    hid[:, mlen:].copy_(h)
-                    hids.append(hid)
-                    kv_out = buffers.extended(f"kv_{i}", mlen, qlen)
-                else:
-                    hids.append(h)
-                args = (h, pos_emb, mask, None if mems is None else mems[i], self.r_w_bias,
-                        self.r_r_bias, None if kvs is None else kvs[i], pos_keys[i], kv_out)
-                if use_checkpoint:
-                    h, kv = checkpoint(layer, *args, use_reentrant=False)
-                else:
-                    h, kv = layer(*args)
-                if cache_kv:
-                    new_kvs.append(kv)
-        if dropout > 0.0 and self.training:
-            h = F.dropout(h, p=dropout)
-        if mem_len == 0:
-            return h, None
-        new_state: Dict[str, object] = {}
-        if buffers is not None:  # hids and new_kvs cover [memory; segment]
-            buffers.advance(qlen)
-            for i in range(n_layer):
-                new_state[f"layer_{i}"] = hids[i][:, -mem_len:]
-                new_state[f"kv_{i}"] = new_kvs[i][:, -mem_len:]
-            new_state["buffers"] = buffers
-            new_state["cached_for_weights"] = weights_token
-            return h, new_state
-        keep = min(mlen, max(mem_len - qlen, 0))  # old memory positions that stay
-        with torch.no_grad():
-            for i, hid in enumerate(hids):
-                new = hid[:, -mem_len:]
-                if keep > 0:
-                    new = torch.cat([mems[i][:, mlen - keep:], new], dim=1)
-                new_state[f"layer_{i}"] = new.detach().contiguous()
-            for i, kv in enumerate(new_kvs):  # kv already covers [memory; tokens]
-                new_state[f"kv_{i}"] = kv[:, -mem_len:].contiguous()
-        if cache_kv:
-            new_state["cached_for_weights"] = weights_token
-        return h, new_state
-
-    def _memory_buffers(self, state, mems: List[Tensor], kvs: List[Tensor], mlen: int, qlen: int,
-                        mem_len: int) -> MemoryBuffers:
-        """Buffers holding this state's memory and cached keys/values with room for ``qlen`` more
-        positions: the state's own (made by the previous step) while nothing else appended to them,
-        else fresh ones (one copy, as a step without buffers would make)."""
-        memories = {f"layer_{i}": m for i, m in enumerate(mems)}
-        memories.update((f"kv_{i}", kv) for i, kv in enumerate(kvs))
-        buffers = state.get("buffers")
-        if not (isinstance(buffers, MemoryBuffers) and buffers.holds(memories)
-                and mlen + qlen <= buffers.capacity):
-            # room for mem_len / qlen steps (or mem_len single tokens) between compactions
-            buffers = MemoryBuffers(memories, capacity=max(mlen, mem_len) + max(qlen, mem_len))
-        buffers.make_room(mlen, qlen)
-        return buffers
-
-    def _mask_and_encodings(self, qlen: int, mlen: int, mem_len: int, same_length: bool,
-                            clamp_len: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
-        """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden) and the position
-        encodings ``[mlen + qlen + 1, d_model]`` (row 0 is the zero pad rel_shift relies on).
-
-        Both depend on shapes and options only, so they are kept for reuse: streaming repeats the same
-        few shapes every segment. Callers must not modify them in place.
-        """
-        key = (qlen, mlen, mem_len, same_length, clamp_len, like.dtype, like.device)
-        cached = self._constants_cache.get(key)
-        if cached is None:
-            # A single new token (generation) may see every key unless same_length.
-            mask = None
-            if qlen > 1 or same_length:
-                mask = attention_mask(qlen, mlen, same_length, mem_len, device=like.device)
-            pos_emb = position_encodings(mlen + qlen, self.cfg.d_model, clamp_len, like.device, like.dtype)
-            if len(self._constants_cache) >= 16:  # e.g. generation: a new klen every step
-                self._constants_cache.clear()
-            cached = self._constants_cache[key] = (mask, pos_emb)
-        return cached
-
-    def _cached_position_keys(self, pos_emb: Tensor, clamp_len: int, weights_token) -> List[Tensor]:
-        """Every layer's ``r_net(pos_emb)`` (one GEMM for all layers), kept while the length, clamp,
-        dtype and parameters stay the same: consecutive evaluation segments share them."""
-        key = (pos_emb.shape, clamp_len, pos_emb.dtype, pos_emb.device, weights_token)
-        if self._pos_key_cache is None or self._pos_key_cache[0] != key:
-            weight = torch.cat([layer.attn.r_net.weight for layer in self.layers], dim=0)
-            keys = F.linear(pos_emb, weight).split([l.attn.r_net.out_features for l in self.layers], 1)
-            self._pos_key_cache = (key, [k.contiguous() for k in keys])
-        return self._pos_key_cache[1]
-
-    def _weights_token(self):
-        """Identifies the current parameter values: storage, in-place update count, dtype."""
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
-
-    def _offload_context(self, use_checkpoint: bool):
-        if use_checkpoint and self.cfg.offload_activations:
-            return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
-        return _NullContext()
+    def set_memory_options(self, **changes) -> None:
+        """Change ``mem_len`` / ``clamp_len`` / ``same_length`` / ``zero_initial_memory`` (validated)."""
+        self.memory_options = dataclasses.replace(self.memory_options, **changes)
+        self.invalidate_inference_caches()
 
     # ---------------------------------------------------------------- outputs
     def target_log_probs(self, features: Tensor, target: Tensor) -> Tensor:
@@ -451,8 +451,15 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return flat.view(*features.shape[:-1], flat.size(-1))
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
-        """With ``sample["target"]``: a ``[B, T, V]`` stride-0 view of the target log-probs (only the
-        entries at the targets are meaningful). Without: real full (log-)probabilities."""
+        """fairseq's accessor, in two forms:
+
+        - without ``sample["target"]`` (generation): the real distribution, fp32 ``[B, T, V]``;
+        - with ``sample["target"]`` ``[B, T]`` (fairseq-eval-lm's SequenceScorer, which only ever
+          gathers the target's entry): a ``[B, T, V]`` *broadcast view* whose every entry of row
+          ``(b, t)`` is the target's (log-)probability, computed target-indexed without
+          vocabulary-wide logits. Only the entry at the target is a probability of that word;
+          use :meth:`output_layer` or call without a target for a distribution.
+        """
         features = net_output[0]
         target = sample.get("target") if isinstance(sample, dict) else None
         if target is not None:
@@ -466,45 +473,50 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return UNLIMITED_POSITIONS
 
     # ---------------------------------------------------------------- memory API
-    def get_stream_memory(self, memory_key: str) -> Optional[List[Tensor]]:
-        """Memory of stream set ``memory_key``: ``n_layer`` tensors ``[B, M, d_model]``, or None."""
-        state = self._saved_memory(self._stream_states.get(memory_key))
-        if state is None:
-            return None
-        return [state[f"layer_{i}"] for i in range(len(self.layers))]
+    def get_stream_memory(self, memory_key: str) -> Optional[XLMemory]:
+        """The memory of stream set ``memory_key`` after its last segment, or None."""
+        return self._stream_memory.get(memory_key)
 
-    def set_stream_memory(self, memory_key: str, mems: List[Tensor]) -> None:
-        if len(mems) != len(self.layers):
-            raise ValueError(f"set_stream_memory got {len(mems)} tensors for {len(self.layers)} layers")
-        state = self._stream_states.setdefault(memory_key, {})
-        self.set_incremental_state(
-            state, "memory", {f"layer_{i}": m.detach() for i, m in enumerate(mems)}
-        )
+    def set_stream_memory(self, memory_key: str, memory: XLMemory) -> None:
+        """Continue stream set ``memory_key`` from ``memory`` (e.g. restored from a checkpoint)."""
+        if len(memory.hiddens) != len(self.layers):
+            raise ValueError(f"memory of {len(memory.hiddens)} layers given to a model of "
+                             f"{len(self.layers)} layers")
+        self._stream_memory[memory_key] = XLMemory([h.detach() for h in memory.hiddens])
+        self._stream_caches.pop(memory_key, None)
 
     def reset_stream_memory(self, memory_key: Optional[str] = None) -> None:
+        """Forget the memory (and inference cache) of ``memory_key``, or of every stream set."""
         if memory_key is None:
-            self._stream_states.clear()
+            self._stream_memory.clear()
+            self._stream_caches.clear()
         else:
-            self._stream_states.pop(memory_key, None)
+            self._stream_memory.pop(memory_key, None)
+            self._stream_caches.pop(memory_key, None)
+
+    def start_generation(self, incremental_state, memory: Optional[XLMemory]) -> None:
+        """Make a new generation (an empty ``incremental_state``) start over ``memory``."""
+        self._set_generation_state(incremental_state, GenerationState(memory=memory))
+
+    def generation_memory(self, incremental_state) -> Optional[XLMemory]:
+        """The memory of a generation after the tokens it has consumed, or None."""
+        state = self._generation_state(incremental_state)
+        return None if state is None else state.memory
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        """Beam search: row ``b`` of the memory (and cached keys/values) becomes ``new_order[b]``."""
-        state = self.get_incremental_state(incremental_state, "memory")
-        if state is None:
-            return
-        reordered = {
-            k: v.index_select(0, new_order) if k.startswith(("layer_", "kv_")) else v
-            for k, v in state.items() if k != "buffers"  # reordered rows live in new tensors
-        }
-        self.set_incremental_state(incremental_state, "memory", reordered)
+        """Beam search: row ``b`` of the memory (and its cached keys/values) becomes ``new_order[b]``."""
+        state = self._generation_state(incremental_state)
+        if state is not None and state.memory is not None:
+            state = dataclasses.replace(state, memory=state.memory.select_rows(new_order))
+            self._set_generation_state(incremental_state, state)
 
+    # fairseq's incremental state is a dict of dicts; ours holds one GenerationState.
+    def _generation_state(self, incremental_state) -> Optional[GenerationState]:
+        entry = self.get_incremental_state(incremental_state, "generation")
+        return None if entry is None else entry["state"]
 
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def _set_generation_state(self, incremental_state, state: GenerationState) -> None:
+        self.set_incremental_state(incremental_state, "generation", {"state": state})
 
 
 # -------------------------------------------------------------------- presets

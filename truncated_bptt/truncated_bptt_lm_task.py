@@ -22,11 +22,12 @@ from fairseq import utils
 from fairseq.data import Dictionary
 from fairseq.data.indexed_dataset import get_available_dataset_impl
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf
 
-from truncated_bptt import generation, word_perplexity
+from truncated_bptt import generation
+from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
+from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -83,14 +84,16 @@ class TruncatedBPTTLMTask(FairseqTask):
     def __init__(self, cfg: TruncatedBPTTLMConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        self.memory_keeper = StreamMemoryKeeper()
+        self.memory_keeper = StreamMemoryKeeper(
+            save_interval_updates=self._root_setting("save_interval_updates"),
+            max_update=self._root_setting("max_update"),
+        )
         self._warned_max_tokens = False
-        self.carried_memory = generation.CarriedMemory()
-        self._generation_models = []  # the models the last build_generator wrapped
         self.word_scores = word_perplexity.from_task_config(cfg, dictionary)  # --word-pieces
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
+        setup_checks.check_task_setup(cfg, TruncatedBPTTLMConfig, **kwargs)
         if cfg.tokens_per_sample <= 0:
             raise ValueError(
                 f"--tokens-per-sample must be positive (got {cfg.tokens_per_sample}); "
@@ -167,8 +170,9 @@ class TruncatedBPTTLMTask(FairseqTask):
         **kwargs,
     ):
         """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
-        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions`` and batching by size do
-        not apply. Other datasets (fairseq-interactive prompts) are batched as fairseq does."""
+        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions``, batching by size and
+        ``num_workers`` / ``data_buffer_size`` (there is nothing to load) do not apply. Other
+        datasets (fairseq-interactive prompts) are batched as fairseq does."""
         if not isinstance(dataset, TokenStream):
             return super().get_batch_iterator(
                 dataset, max_tokens=max_tokens, max_sentences=max_sentences,
@@ -201,8 +205,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
             pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
         )
+        # A step's batch is two slices of a tensor already in memory (microseconds): a data-loader
+        # worker process (fairseq's default --num-workers 1) or prefetching thread only competes
+        # with the model for the CPU, so the streams are always read in the main thread.
         return StreamEpochBatchIterator(
-            streams, epoch=epoch, num_workers=num_workers, buffer_size=data_buffer_size,
+            streams, epoch=epoch, num_workers=0, buffer_size=0,
             skip_remainder_batch=skip_remainder_batch, memory_keeper=self.memory_keeper,
         )
 
@@ -238,42 +245,24 @@ class TruncatedBPTTLMTask(FairseqTask):
         """fairseq-interactive prompts: ``[eos] + line`` each, forced as the generation prefix."""
         return generation.build_prompt_dataset(self.dictionary, src_tokens, src_lengths)
 
-    def build_generator(self, models, args, **kwargs):
-        """fairseq's SequenceGenerator (beam, --sampling, top-k/top-p, --temperature) over the
-        models wrapped to read prompts in parallel and, with --carry-memory, to start from the
-        memory carried from the previous inputs."""
-        if self.cfg.carry_memory:
-            self.carried_memory.reset()
-        self._generation_models = [
-            generation.PromptPrimedLanguageModel(m, self.carried_memory, self.cfg.tokens_per_sample)
-            for m in models
-        ]
-        return super().build_generator(self._generation_models, args, **kwargs)
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq's SequenceGenerator, reading prompts in parallel (and carrying memory across
+        inputs with --carry-memory): :class:`generation.PromptSequenceGenerator`."""
+        extra = dict(extra_gen_cls_kwargs or {}, chunk=self.cfg.tokens_per_sample,
+                     carry_memory=self.cfg.carry_memory)
+        return super().build_generator(models, args, seq_gen_cls=generation.PromptSequenceGenerator,
+                                       extra_gen_cls_kwargs=extra, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        """Generate after each sample's prompt (``src_tokens`` without its leading eos, unless
-        fairseq-generate's --prefix-size gives ``prefix_tokens``), starting from eos."""
         if constraints is not None:
             raise ValueError("truncated_bptt_lm does not support --constraints; drop the option")
-        if self.cfg.carry_memory:
-            generation.check_carry_setup(models, sample)
-        eos = self.dictionary.eos()
-        with torch.no_grad():
-            if prefix_tokens is None:
-                prefix_tokens = generation.prompt_prefix(sample, eos)
-            for wrapped in self._generation_models:
-                wrapped.decoder.prompt = prefix_tokens
-            hypos = generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
-            if self.cfg.carry_memory:
-                self.carried_memory.advance(
-                    models[0].decoder, generation.consumed_tokens(hypos[0][0]["tokens"], eos)
-                )
-        return hypos
+        return generator.generate_after_prompts(models, sample, prefix_tokens, self.dictionary.eos())
 
     # ---- model and criterion -----------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         """The model, in bf16 with --bf16 (fairseq-eval-lm/-generate would otherwise score in fp32)."""
         model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        vocabulary_check.refuse_other_vocabulary_on_load(model, len(self.dictionary), self.cfg.data)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
         if self.word_scores is not None:  # --word-pieces: fairseq-eval-lm's scores, per word
@@ -314,14 +303,7 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
-        if distributed_utils.get_data_parallel_world_size() > 1 and self._may_checkpoint_after(
-            update_num + 1
-        ):
-            self.memory_keeper.snapshot()
-
-    def _may_checkpoint_after(self, num_updates):
-        every, last = self._root_setting("save_interval_updates"), self._root_setting("max_update")
-        return (every > 0 and num_updates % every == 0) or (last > 0 and num_updates >= last)
+        self.memory_keeper.after_update(update_num + 1)
 
     def _root_setting(self, name, int_value=True):
         """A setting the task reads from fairseq's other config groups: an int (0 when unset) or
@@ -338,5 +320,4 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     def begin_valid_epoch(self, epoch, model):
         super().begin_valid_epoch(epoch, model)
-        if distributed_utils.get_data_parallel_world_size() > 1:
-            self.memory_keeper.snapshot()
+        self.memory_keeper.before_validation()
