@@ -50,7 +50,8 @@ def test_json_format(tmp_path):
 def test_eval_lm_summary():
     out = ("... | fairseq_cli.eval_lm | Evaluated 245,569 tokens in 83.1s (2956.82 tokens/s)\n"
            "... | fairseq_cli.eval_lm | Loss (base 2): 4.5668, Perplexity: 23.70\n")
-    assert fairseq_logs.parse_eval_lm(out) == {"loss": 4.5668, "ppl": 23.70}
+    assert fairseq_logs.parse_eval_lm(out) == {"loss": 4.5668, "ppl": 23.70, "tokens": 245569,
+                                               "tokens_per_s": 2956.82}
     with pytest.raises(ValueError, match="Perplexity"):
         fairseq_logs.parse_eval_lm("crashed")
 
