@@ -14,9 +14,12 @@ validation (``valid``) and one per epoch (``train``), in the ``--log-format`` ch
     ... | valid | {"epoch": 1, "valid_loss": "4.402", ..., "valid_num_updates": "196"}
 
 Losses are in base 2 (``ppl = 2 ** loss``). This reads any mix of these from stdout captures,
-``--log-file`` files and hydra's ``hydra_train.log``.
+``--log-file`` files and hydra's ``hydra_train.log``; with several ``--valid-subset``s each
+validation record names its subset. :func:`read_tensorboard_dir` reads the same records from a
+``--tensorboard-logdir`` directory.
 """
 import json
+import os
 import re
 from typing import Dict, List, Optional
 
@@ -24,6 +27,8 @@ _INNER = re.compile(r"epoch \d+:\s+\d+ / \d+ (?P<fields>.*)$")
 _VALID = re.compile(r"valid on '(?P<subset>[^']+)' subset \| (?P<fields>.*)$")
 _EVAL_LM = re.compile(r"Loss \(base 2\): (?P<loss>[\d.]+), Perplexity: (?P<ppl>[\d.]+)")
 _EVAL_SPEED = re.compile(r"Evaluated (?P<tokens>[\d,]+) tokens in [\d.]+s \((?P<rate>[\d.]+) tokens/s\)")
+_EVAL_LM_WORDS = re.compile(r"Word-level loss \(base 2\): (?P<loss>[\d.]+), word-level perplexity: "
+                            r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words")
 
 
 def _number(text: str) -> Optional[float]:
@@ -53,15 +58,18 @@ def parse_record(line: str) -> Optional[Dict]:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            if "valid_loss" in data:
-                kind, prefix = "valid", "valid_"
+            subset = _json_valid_subset(data)
+            if subset is not None:
+                kind, prefix = "valid", subset + "_"
             elif "update" in data and "loss" in data:
                 kind, prefix = "train", ""
             else:
                 return None  # end-of-epoch averages ("train_loss") or something else
             fields = {k[len(prefix):]: _number(str(v)) for k, v in data.items() if k.startswith(prefix)}
             fields = {k: v for k, v in fields.items() if v is not None}
-            return dict(fields, kind=kind) if "num_updates" in fields else None
+            if "num_updates" not in fields:
+                return None
+            return dict(fields, kind=kind, subset=subset) if subset else dict(fields, kind=kind)
     m = _VALID.search(line)
     if m:
         fields = _pairs(m.group("fields"), "|", " ")
@@ -70,6 +78,17 @@ def parse_record(line: str) -> Optional[Dict]:
     if m:
         fields = _pairs(m.group("fields"), ",", "=")
         return dict(fields, kind="train") if "num_updates" in fields else None
+    return None
+
+
+def _json_valid_subset(data: Dict) -> Optional[str]:
+    """The subset of a JSON validation record (``{"valid_loss": ..., "valid_num_updates": ...}``,
+    or ``test_...`` for ``--valid-subset valid,test``); None for training records."""
+    for key in data:
+        if key.endswith("_loss") and not key.startswith("train_"):
+            subset = key[:-len("_loss")]
+            if f"{subset}_num_updates" in data:
+                return subset
     return None
 
 
@@ -85,8 +104,10 @@ def read_training_log(path: str) -> Dict[str, List[Dict]]:
 
 
 def parse_eval_lm(output: str) -> Dict[str, float]:
-    """fairseq-eval-lm's summary lines -> ``{"loss": base-2 loss, "ppl": perplexity}``, plus
-    ``"tokens"`` and ``"tokens_per_s"`` from its "Evaluated N tokens in ... (R tokens/s)" line."""
+    """fairseq-eval-lm's summary lines -> ``{"loss": base-2 loss, "ppl": perplexity}`` (per token;
+    bits per character for a character-level model), plus ``"tokens"`` and ``"tokens_per_s"``
+    from its "Evaluated N tokens in ... (R tokens/s)" line, and ``word_loss``, ``word_ppl`` and
+    ``words`` when ``--word-pieces`` reported per-word figures."""
     matches = list(_EVAL_LM.finditer(output))
     if not matches:
         raise ValueError("no 'Loss (base 2): ..., Perplexity: ...' line in fairseq-eval-lm's output")
@@ -96,4 +117,56 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
     if speeds:
         result["tokens"] = int(speeds[-1].group("tokens").replace(",", ""))
         result["tokens_per_s"] = float(speeds[-1].group("rate"))
+    words = list(_EVAL_LM_WORDS.finditer(output))
+    if words:
+        w = words[-1]
+        result.update(word_loss=float(w.group("loss")), word_ppl=float(w.group("ppl")),
+                      words=int(w.group("words").replace(",", "")))
     return result
+
+
+# ---- tensorboard -------------------------------------------------------------------------------
+# fairseq's --tensorboard-logdir DIR writes one event directory per progress-bar tag: DIR/train_inner
+# (every --log-interval updates), DIR/train (end of epoch) and DIR/<subset> for every validation
+# subset (DIR/valid, DIR/test, ...), each scalar under its plain name ("loss", "ppl", "lr", ...)
+# at step num_updates.
+_TRAIN_TAGS = {"train_inner": "train", "train": None}  # epoch averages are not curve points
+
+
+def is_tensorboard_dir(path: str) -> bool:
+    """Whether ``path`` is a directory holding tensorboard event files (at any depth)."""
+    if not os.path.isdir(path):
+        return False
+    return any(name.startswith("events.out.tfevents") for _, _, files in os.walk(path)
+               for name in files)
+
+
+def _scalars_by_step(event_dir: str) -> Dict[int, Dict[str, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(event_dir, size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    steps: Dict[int, Dict[str, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            steps.setdefault(event.step, {})[tag] = event.value
+    return steps
+
+
+def read_tensorboard_dir(path: str) -> Dict[str, List[Dict]]:
+    """The records of :func:`read_training_log` from fairseq's ``--tensorboard-logdir`` ``path``:
+    ``train`` from ``train_inner``, ``valid`` from every other tag but ``train`` (each record
+    naming its ``subset``), ordered by update. Needs the ``tensorboard`` package."""
+    records: Dict[str, List[Dict]] = {"train": [], "valid": []}
+    for tag in sorted(os.listdir(path), key=lambda t: (t != "valid", t)):
+        event_dir = os.path.join(path, tag)
+        if not is_tensorboard_dir(event_dir):
+            continue
+        kind = _TRAIN_TAGS.get(tag, "valid")
+        if kind is None:
+            continue
+        for step, fields in sorted(_scalars_by_step(event_dir).items()):
+            record = dict(fields, num_updates=step, kind=kind)
+            records[kind].append(dict(record, subset=tag) if kind == "valid" else record)
+    records["valid"].sort(key=lambda r: r["num_updates"])
+    return records
