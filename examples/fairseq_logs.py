@@ -17,11 +17,14 @@ chosen:
     ... | train | {"epoch": 1, "train_loss": "6.417", ..., "train_num_updates": "196"}
 
 Losses are in base 2 (``ppl = 2 ** loss``). This reads any mix of these from stdout captures,
-``--log-file`` files and hydra's ``hydra_train.log``; and fairseq-eval-lm's summary and its
+``--log-file`` files and hydra's ``hydra_train.log``; with several ``--valid-subset``s each
+validation record names its subset. :func:`read_tensorboard_dir` reads the same records from a
+``--tensorboard-logdir`` directory. It also reads fairseq-eval-lm's summary and its
 ``--output-word-probs`` lines. Every test, example and benchmark of the repository reads fairseq's
 output through this module.
 """
 import json
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -38,6 +41,8 @@ _EVALUATED = re.compile(r"Evaluated (?P<tokens>[\d,]+) tokens in (?P<seconds>[\d
 # --output-word-probs: "... | fairseq_cli.eval_lm | ID w [lp]\tw [lp]..." (or "...eval_lm:ID ...")
 _WORD_PROBS = re.compile(r"fairseq_cli\.eval_lm(?: \| |:)(?P<id>\d+) (?P<words>.*\[.*)$")
 _WORD_PROB = re.compile(r"(\S+) \[(-?(?:[\d.]+(?:e[-+]?\d+)?|inf))\]")
+_EVAL_LM_WORDS = re.compile(r"Word-level loss \(base 2\): (?P<loss>[\d.]+), word-level perplexity: "
+                            r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words")
 
 
 def _number(text: str) -> Optional[float]:
@@ -68,8 +73,9 @@ def parse_record(line: str) -> Optional[Dict]:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            if "valid_loss" in data:
-                kind, prefix = "valid", "valid_"
+            subset = _json_valid_subset(data)
+            if subset is not None:
+                kind, prefix = "valid", subset + "_"
             elif "update" in data and "loss" in data:
                 kind, prefix = "train", ""
             elif "train_loss" in data:
@@ -78,7 +84,9 @@ def parse_record(line: str) -> Optional[Dict]:
                 return None
             fields = {k[len(prefix):]: _number(str(v)) for k, v in data.items() if k.startswith(prefix)}
             fields = {k: v for k, v in fields.items() if v is not None}
-            return dict(fields, kind=kind) if "num_updates" in fields else None
+            if "num_updates" not in fields:
+                return None
+            return dict(fields, kind=kind, subset=subset) if subset else dict(fields, kind=kind)
     m = _VALID.search(line)
     if m:
         fields = _pairs(m.group("fields"), "|", " ")
@@ -91,6 +99,17 @@ def parse_record(line: str) -> Optional[Dict]:
     if m:
         fields = _pairs(m.group("fields"), "|", " ")
         return dict(fields, kind="epoch") if "num_updates" in fields else None
+    return None
+
+
+def _json_valid_subset(data: Dict) -> Optional[str]:
+    """The subset of a JSON validation record (``{"valid_loss": ..., "valid_num_updates": ...}``,
+    or ``test_...`` for ``--valid-subset valid,test``); None for training records."""
+    for key in data:
+        if key.endswith("_loss") and not key.startswith("train_"):
+            subset = key[:-len("_loss")]
+            if f"{subset}_num_updates" in data:
+                return subset
     return None
 
 
@@ -125,7 +144,9 @@ def final_update(records: Dict[str, List[Dict]]) -> int:
 
 def parse_eval_lm(output: str) -> Dict[str, float]:
     """fairseq-eval-lm's summary -> ``{"loss": base-2 loss, "ppl": perplexity, "tokens": scored
-    tokens, "seconds": ..., "tokens_per_s": ...}`` (the time is fairseq's timer of the scoring)."""
+    tokens, "seconds": ..., "tokens_per_s": ...}`` (per token; bits per character for a
+    character-level model; the time is fairseq's timer of the scoring), and ``word_loss``,
+    ``word_ppl`` and ``words`` when ``--word-pieces`` reported per-word figures."""
     losses, evaluated = list(_EVAL_LM.finditer(output)), list(_EVALUATED.finditer(output))
     if not losses or not evaluated:
         missing = "'Loss (base 2): ..., Perplexity: ...'" if not losses else \
@@ -134,10 +155,16 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
     loss, speed = losses[-1], evaluated[-1]
     tokens = int(speed.group("tokens").replace(",", ""))
     tokens_per_s = float(speed.group("tokens_per_s"))
-    return {"loss": float(loss.group("loss")), "ppl": float(loss.group("ppl")), "tokens": tokens,
-            # fairseq prints the seconds with one decimal: derived from tokens/s (two) when it can
-            "seconds": tokens / tokens_per_s if tokens_per_s > 0 else float(speed.group("seconds")),
-            "tokens_per_s": tokens_per_s}
+    result = {"loss": float(loss.group("loss")), "ppl": float(loss.group("ppl")), "tokens": tokens,
+              # fairseq prints the seconds with one decimal: derived from tokens/s (two) when it can
+              "seconds": tokens / tokens_per_s if tokens_per_s > 0 else float(speed.group("seconds")),
+              "tokens_per_s": tokens_per_s}
+    words = list(_EVAL_LM_WORDS.finditer(output))
+    if words:
+        w = words[-1]
+        result.update(word_loss=float(w.group("loss")), word_ppl=float(w.group("ppl")),
+                      words=int(w.group("words").replace(",", "")))
+    return result
 
 
 def parse_word_probs(output: str) -> Dict[int, List[Tuple[str, float]]]:
@@ -150,3 +177,50 @@ def parse_word_probs(output: str) -> Dict[int, List[Tuple[str, float]]]:
             words = [(w, float(lp)) for w, lp in _WORD_PROB.findall(m.group("words"))]
             out.setdefault(int(m.group("id")), []).extend(words)
     return out
+
+
+# ---- tensorboard -------------------------------------------------------------------------------
+# fairseq's --tensorboard-logdir DIR writes one event directory per progress-bar tag: DIR/train_inner
+# (every --log-interval updates), DIR/train (end of epoch) and DIR/<subset> for every validation
+# subset (DIR/valid, DIR/test, ...), each scalar under its plain name ("loss", "ppl", "lr", ...)
+# at step num_updates.
+_TRAIN_TAGS = {"train_inner": "train", "train": None}  # epoch averages are not curve points
+
+
+def is_tensorboard_dir(path: str) -> bool:
+    """Whether ``path`` is a directory holding tensorboard event files (at any depth)."""
+    if not os.path.isdir(path):
+        return False
+    return any(name.startswith("events.out.tfevents") for _, _, files in os.walk(path)
+               for name in files)
+
+
+def _scalars_by_step(event_dir: str) -> Dict[int, Dict[str, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(event_dir, size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    steps: Dict[int, Dict[str, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            steps.setdefault(event.step, {})[tag] = event.value
+    return steps
+
+
+def read_tensorboard_dir(path: str) -> Dict[str, List[Dict]]:
+    """The records of :func:`read_training_log` from fairseq's ``--tensorboard-logdir`` ``path``:
+    ``train`` from ``train_inner``, ``valid`` from every other tag but ``train`` (each record
+    naming its ``subset``), ordered by update. Needs the ``tensorboard`` package."""
+    records: Dict[str, List[Dict]] = {kind: [] for kind in KINDS}  # (no epoch records here)
+    for tag in sorted(os.listdir(path), key=lambda t: (t != "valid", t)):
+        event_dir = os.path.join(path, tag)
+        if not is_tensorboard_dir(event_dir):
+            continue
+        kind = _TRAIN_TAGS.get(tag, "valid")
+        if kind is None:
+            continue
+        for step, fields in sorted(_scalars_by_step(event_dir).items()):
+            record = dict(fields, num_updates=step, kind=kind)
+            records[kind].append(dict(record, subset=tag) if kind == "valid" else record)
+    records["valid"].sort(key=lambda r: r["num_updates"])
+    return records

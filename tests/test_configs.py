@@ -32,6 +32,13 @@ SPEC = {
                        max_update=200000, tokens=150, mem_len=150, gpus=4, batch=60),
     "tiny_cpu": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.003, floor=0.0003,
                      warmup=100, max_update=1200, tokens=64, mem_len=128, gpus=1, batch=16),
+    # Your own data (docs/data.md): the authors' character-level base, NVIDIA's base on pieces.
+    "enwik8_base": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.00025, floor=0.0,
+                        warmup=0, max_update=400000, tokens=512, mem_len=512, gpus=1, batch=22),
+    "text8_base": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.00025, floor=0.000001,
+                       warmup=0, max_update=400000, tokens=512, mem_len=512, gpus=4, batch=24),
+    "subword_base": dict(optimizer="nvidia_lamb", scheduler="cosine_warmup", lr=0.01, floor=0.001,
+                         warmup=1000, max_update=40000, tokens=192, mem_len=192, gpus=8, batch=256),
 }
 PRESETS = {
     "wt103_base": "transformer_xl_wt103_base",
@@ -45,9 +52,15 @@ EVAL = {
     "paper_base": ("64", "640", "400"),
     "wt103_large": ("128", "1600", "1000"),
     "wt103_large_multinode": ("128", "1600", "1000"),
+    "enwik8_base": ("80", "2100", "820"),
+    "text8_base": ("80", "2100", "820"),
+    "subword_base": ("64", "640", "400"),
 }
 KNOWN_PPL = {"wt103_base": "23.24", "wt103_large": "18.18", "wt103_large_multinode": "18.18",
-             "paper_base": "23.70"}
+             "paper_base": "23.70",
+             # bits per character for the character-level recipes; none for new corpora
+             "enwik8_base": "reports 1.06 bpc", "text8_base": "1.08 bpc",
+             "subword_base": "no published result"}
 
 SMALL_MODEL = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_head=16",
                "model.d_inner=64", "model.mem_len=16", "task.tokens_per_sample=16",
@@ -135,11 +148,68 @@ def test_recipe_runs_with_fairseq_hydra_train(name, tiny_data, tmp_path):
     records = parse_training_log(log)["train"]
     assert [int(r["num_updates"]) for r in records] == [1, 2], log[-3000:]
     assert all(math.isfinite(r["loss"]) for r in records)
-    if spec["scheduler"] == "cosine_warmup":  # the recipe's peak lr and warmup reached the run
+    if spec["scheduler"] == "cosine_warmup" and spec["warmup"]:  # peak lr and warmup reached the run
         assert records[1]["lr"] == pytest.approx(spec["lr"] * 2 / spec["warmup"], rel=1e-3)
+    elif spec["scheduler"] == "cosine_warmup":  # no warmup: the cosine starts at the peak
+        assert records[1]["lr"] == pytest.approx(spec["lr"], rel=1e-3)
     # The plugin's criterion (not fairseq's full-softmax cross_entropy) computed the loss.
     assert re.search(r"criterion: \w*AdaptiveCrossEntropy", log), log[-3000:]
     # Outputs land where the recipe says: checkpoints, hydra's record and the log file.
     assert (save_dir / "checkpoint_last.pt").exists()
     assert (save_dir / "hydra" / "config.yaml").exists()
     assert "num_updates" in (save_dir / "train.log").read_text()
+
+
+# ---- recipes for your own data (docs/data.md) ------------------------------------------------
+def _read(name):
+    with open(os.path.join(CONFIGS, f"{name}.yaml"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name", ["enwik8_base", "text8_base"])
+def test_character_recipes_say_how_to_prepare_and_where_bits_per_character_are(name):
+    text = _read(name)
+    assert f"python examples/char_level/prepare.py {name[:-5]}.zip --destdir data-bin/{name[:-5]}" in text
+    assert "Bits per character = the \"Loss (base 2)\" fairseq-eval-lm prints" in text
+    model = load(name).model
+    assert list(model.cutoffs) == [] and not model.untie_weight  # one plain, tied softmax
+
+
+def test_subword_recipe_says_how_to_prepare_score_per_word_and_decode():
+    text = _read("subword_base")
+    assert "python examples/subword/prepare.py --train train.txt" in text
+    assert "--word-pieces sentencepiece" in text
+    assert "--bpe sentencepiece" in text and "--sentencepiece-model data-bin/mycorpus/spm.model" in text
+    model = load("subword_base").model
+    assert list(model.cutoffs) == [] and not model.untie_weight
+
+
+def _model_args(model_cfg):
+    """The recipe's model section as fairseq-train options."""
+    args = []
+    for key, value in OmegaConf.to_container(model_cfg).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "_name":
+            continue
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        elif isinstance(value, list):
+            args += [flag, ",".join(map(str, value))]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_enwik8_recipe_is_the_papers_41m_parameter_model(tmp_path):
+    from fairseq.data import Dictionary
+
+    from truncated_bptt.fairseq_checkpoint import build_model
+
+    d = Dictionary()
+    for b in range(205):  # enwik8 has about 205 distinct byte values besides the newline
+        d.add_symbol(f"b{b}")
+    d.save(str(tmp_path / "dict.txt"))
+    assert OmegaConf.to_container(load("enwik8_base").model) == \
+        OmegaConf.to_container(load("text8_base").model)
+    model, _, _ = build_model(str(tmp_path), _model_args(load("enwik8_base").model))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 41

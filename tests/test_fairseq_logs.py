@@ -100,3 +100,46 @@ def test_sweep_command_sets_same_length_only_with_memory():
         "{'mem_len': 640, 'clamp_len': 400, 'same_length': True}"
     assert cmd[cmd.index("--task") + 1] == "truncated_bptt_lm"
     assert cmd[cmd.index("--tokens-per-sample") + 1] == "64"
+
+
+def test_json_validation_records_of_every_subset(tmp_path):
+    log = JSON + ('[2026-11-21 22:08:37,512][test][INFO] - {"epoch": 1, "test_loss": "5.9", '
+                  '"test_ppl": "59.71", "test_num_updates": "2"}\n')
+    records = fairseq_logs.read_training_log(_write(tmp_path, log))
+    assert [(r["subset"], r["num_updates"], r["ppl"]) for r in records["valid"]] == [
+        ("valid", 2, 56.49), ("test", 2, 59.71)]
+    assert [r["num_updates"] for r in records["train"]] == [2, 4]  # ("train_loss": epoch records)
+
+
+def test_tensorboard_dir_as_fairseq_writes_it(tmp_path):
+    """Events written by fairseq's own tensorboard progress-bar wrapper, read back as records."""
+    from fairseq.logging import progress_bar
+
+    logdir = str(tmp_path / "tb")
+    bar = progress_bar.progress_bar([], log_format="none", tensorboard_logdir=logdir)
+    for step, loss in ((1, 6.0), (2, 5.5)):
+        bar.log({"loss": loss, "ppl": 2 ** loss, "num_updates": step}, tag="train_inner", step=step)
+    bar.print({"loss": 5.25, "ppl": 2 ** 5.25, "num_updates": 2}, tag="valid", step=2)
+    bar.print({"loss": 5.75, "ppl": 2 ** 5.75, "num_updates": 2}, tag="test", step=2)
+    bar.print({"loss": 5.7, "ppl": 2 ** 5.7, "num_updates": 2}, tag="train", step=2)  # epoch average
+    progress_bar._close_writers()  # fairseq keeps its writers per tag, process-wide
+    progress_bar._tensorboard_writers.clear()
+    assert fairseq_logs.is_tensorboard_dir(logdir)
+    assert not fairseq_logs.is_tensorboard_dir(str(tmp_path / "missing"))
+    records = fairseq_logs.read_tensorboard_dir(logdir)
+    assert [(r["num_updates"], r["loss"]) for r in records["train"]] == [(1, 6.0), (2, 5.5)]
+    assert [(r["subset"], r["num_updates"], r["loss"]) for r in records["valid"]] == [
+        ("valid", 2, 5.25), ("test", 2, 5.75)]
+    assert records["valid"][0]["ppl"] == pytest.approx(2 ** 5.25)
+
+
+def test_eval_lm_summary_with_per_word_figures():
+    out = ("... | truncated_bptt.word_perplexity | Word-level loss (base 2): 6.1234, word-level "
+           "perplexity: 69.73 (sentencepiece pieces merged: 1,234 words incl. one </s> per line, "
+           "over 5,678 scored tokens)\n"
+           "... | fairseq_cli.eval_lm | Evaluated 5,678 tokens in 3.1s (1831.61 tokens/s)\n"
+           "... | fairseq_cli.eval_lm | Loss (base 2): 1.3307, Perplexity: 2.52\n")
+    assert fairseq_logs.parse_eval_lm(out) == {"loss": 1.3307, "ppl": 2.52, "tokens": 5678,
+                                               "seconds": pytest.approx(5678 / 1831.61),
+                                               "tokens_per_s": 1831.61, "word_loss": 6.1234,
+                                               "word_ppl": 69.73, "words": 1234}

@@ -7,6 +7,7 @@ Importing this package (directly, or through fairseq's ``--user-dir truncated_bp
 - criterion ``adaptive_cross_entropy`` (:mod:`truncated_bptt.adaptive_cross_entropy_criterion`),
 - optimizer ``nvidia_lamb`` (:mod:`truncated_bptt.lamb_optimizer`),
 - lr scheduler ``cosine_warmup`` (:mod:`truncated_bptt.cosine_warmup_scheduler`),
+- BPE ``byte_tokens``, one token per byte for character-level corpora (:mod:`truncated_bptt.byte_tokens`),
 
 allow-lists the types fairseq checkpoints pickle for ``torch.load(weights_only=True)``
 (:mod:`truncated_bptt.checkpoint_safety`), makes ``--bf16`` work from fairseq's command-line tools
@@ -26,6 +27,7 @@ hydra_compat.install()  # hydra 1.0 on Python >= 3.10: report job errors, not a 
 # Imported for their @register_* side effects.
 from truncated_bptt import (  # noqa: E402,F401
     adaptive_cross_entropy_criterion,
+    byte_tokens,
     cosine_warmup_scheduler,
     lamb_optimizer,
     transformer_xl_model,

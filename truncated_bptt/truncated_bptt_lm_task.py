@@ -27,6 +27,7 @@ from omegaconf import II, OmegaConf
 
 from truncated_bptt import generation
 from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
+from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -67,6 +68,13 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
     bf16: bool = II("common.bf16")
     fp16: bool = II("common.fp16")
     max_update: int = II("optimization.max_update")
+    # ---- fairseq-eval-lm: per-word figures of subword models (truncated_bptt/word_perplexity.py)
+    word_pieces: Optional[ChoiceEnum(list(word_perplexity.SCHEMES))] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm: also report loss and perplexity per word, the tokens "
+                          "being sentencepiece or subword_nmt pieces (every </s> counts as a word)"},
+    )
+    post_process: Optional[str] = II("common_eval.post_process")  # refused for sentencepiece
 
 
 @register_task("truncated_bptt_lm", dataclass=TruncatedBPTTLMConfig)
@@ -81,6 +89,7 @@ class TruncatedBPTTLMTask(FairseqTask):
             max_update=self._root_setting("max_update"),
         )
         self._warned_max_tokens = False
+        self.word_scores = word_perplexity.from_task_config(cfg, dictionary)  # --word-pieces
 
     @classmethod
     def setup_task(cls, cfg: TruncatedBPTTLMConfig, **kwargs):
@@ -225,10 +234,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset.name, streams * num_shards, f"{len(dataset) // (streams * num_shards):,}",
             self.cfg.tokens_per_sample,
         )
-        return self.get_batch_iterator(
+        batches = self.get_batch_iterator(
             dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+        return word_perplexity.eval_lm_batches(self.cfg, self.word_scores, batches)  # --word-pieces
 
     # ---- generation (fairseq-generate / fairseq-interactive): truncated_bptt/generation.py ------
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
@@ -255,6 +265,8 @@ class TruncatedBPTTLMTask(FairseqTask):
         vocabulary_check.refuse_other_vocabulary_on_load(model, len(self.dictionary), self.cfg.data)
         if self._root_setting("bf16") and not self._root_setting("fp16"):
             model = model.to(torch.bfloat16)
+        if self.word_scores is not None:  # --word-pieces: fairseq-eval-lm's scores, per word
+            self.word_scores.watch(model)
         return model
 
     def build_criterion(self, cfg):
