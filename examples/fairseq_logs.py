@@ -42,7 +42,8 @@ _EVALUATED = re.compile(r"Evaluated (?P<tokens>[\d,]+) tokens in (?P<seconds>[\d
 _WORD_PROBS = re.compile(r"fairseq_cli\.eval_lm(?: \| |:)(?P<id>\d+) (?P<words>.*\[.*)$")
 _WORD_PROB = re.compile(r"(\S+) \[(-?(?:[\d.]+(?:e[-+]?\d+)?|inf))\]")
 _EVAL_LM_WORDS = re.compile(r"Word-level loss \(base 2\): (?P<loss>[\d.]+), word-level perplexity: "
-                            r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words")
+                            r"(?P<ppl>[\d.]+) \((?P<scheme>\w+) pieces merged: (?P<words>[\d,]+) words"
+                            r".*?, over (?P<pieces>[\d,]+) scored tokens\)")
 
 
 def _number(text: str) -> Optional[float]:
@@ -146,7 +147,8 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
     """fairseq-eval-lm's summary -> ``{"loss": base-2 loss, "ppl": perplexity, "tokens": scored
     tokens, "seconds": ..., "tokens_per_s": ...}`` (per token; bits per character for a
     character-level model; the time is fairseq's timer of the scoring), and ``word_loss``,
-    ``word_ppl`` and ``words`` when ``--word-pieces`` reported per-word figures."""
+    ``word_ppl``, ``words`` and ``pieces`` (the scored tokens they merge) when ``--word-pieces``
+    reported per-word figures."""
     losses, evaluated = list(_EVAL_LM.finditer(output)), list(_EVALUATED.finditer(output))
     if not losses or not evaluated:
         missing = "'Loss (base 2): ..., Perplexity: ...'" if not losses else \
@@ -163,7 +165,8 @@ def parse_eval_lm(output: str) -> Dict[str, float]:
     if words:
         w = words[-1]
         result.update(word_loss=float(w.group("loss")), word_ppl=float(w.group("ppl")),
-                      words=int(w.group("words").replace(",", "")))
+                      words=int(w.group("words").replace(",", "")),
+                      pieces=int(w.group("pieces").replace(",", "")))
     return result
 
 

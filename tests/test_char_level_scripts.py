@@ -3,7 +3,6 @@ fairseq-train -> fairseq-eval-lm in bits per character -> fairseq-generate / -in
 text, all through the real CLIs."""
 import os
 import random
-import re
 import sys
 import zipfile
 
@@ -11,6 +10,7 @@ import pytest
 from fairseq.data import Dictionary, data_utils
 from fairseq.data.encoders.byte_utils import BCHAR_TO_BYTE
 
+from examples.fairseq_logs import parse_eval_lm
 from fairseq_cli import ROOT, USER_DIR, run
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
@@ -75,8 +75,9 @@ def test_eval_lm_scores_every_byte_once_in_bits(enwik):
               "test", "--batch-size", 1, "--tokens-per-sample", 32, "--model-overrides",
               "{'mem_len': 128, 'clamp_len': 64, 'same_length': True}", "--cpu")
     # every byte of the test split, plus the </s> that ends its last (newline-less) line
-    assert re.search(r"Evaluated 2,001 tokens", out), out[-3000:]
-    bpc = float(re.search(r"Loss \(base 2\): ([\d.]+), Perplexity", out).group(1))
+    scored = parse_eval_lm(out)
+    assert scored["tokens"] == 2001, out[-3000:]
+    bpc = scored["loss"]
     n_symbols = len(set(raw) - {10}) + 4
     assert bpc < 0.6 * n_symbols.bit_length()  # trained: far below a uniform guess
 

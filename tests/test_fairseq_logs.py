@@ -142,4 +142,4 @@ def test_eval_lm_summary_with_per_word_figures():
     assert fairseq_logs.parse_eval_lm(out) == {"loss": 1.3307, "ppl": 2.52, "tokens": 5678,
                                                "seconds": pytest.approx(5678 / 1831.61),
                                                "tokens_per_s": 1831.61, "word_loss": 6.1234,
-                                               "word_ppl": 69.73, "words": 1234}
+                                               "word_ppl": 69.73, "words": 1234, "pieces": 5678}

@@ -1,7 +1,6 @@
 """examples/large_corpus: one text split into shards binarized in parallel with one dictionary, and
 training over ``shard0:shard1:shard2``: each epoch streams the whole next shard in order, and a run
 stopped in the middle of a shard resumes exactly (the real fairseq-train)."""
-import json
 import os
 import re
 import shutil
@@ -11,6 +10,7 @@ import pytest
 import torch
 from fairseq.data import Dictionary, data_utils
 
+from examples.fairseq_logs import parse_training_log
 from fairseq_cli import ROOT, USER_DIR, run, write_lines
 from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
 
@@ -85,8 +85,7 @@ def test_each_epoch_streams_its_whole_shard_in_order(shards):
 
 
 def _losses(log):
-    return [(int(r["num_updates"]), r["loss"]) for r in
-            (json.loads(m.group(1)) for m in re.finditer(r"train_inner \| (\{.*\})", log))]
+    return [(int(r["num_updates"]), r["loss"]) for r in parse_training_log(log)["train"]]
 
 
 def test_training_over_shards_resumes_mid_shard_exactly(shards, tmp_path):
@@ -110,7 +109,7 @@ def test_training_over_shards_resumes_mid_shard_exactly(shards, tmp_path):
     assert [os.path.basename(p) for p in loaded] == ["shard0", "shard1", "shard2", "shard0",
                                                      "shard1"]
     reference = _losses(full)
-    per_epoch = [int(n) for n in re.findall(r'"train_num_updates": "(\d+)"', full)]
+    per_epoch = [int(r["num_updates"]) for r in parse_training_log(full)["epoch"]]
     assert len(per_epoch) == 4 and reference[-1][0] == per_epoch[-1]
     stop = per_epoch[0] + (per_epoch[1] - per_epoch[0]) // 2 // 5 * 5  # a checkpoint in shard1
     assert per_epoch[0] < stop < per_epoch[1]

@@ -2,12 +2,12 @@
 -> fairseq-generate / fairseq-interactive printing decoded text, all through the real CLIs."""
 import os
 import random
-import re
 import sys
 
 import pytest
 import sentencepiece as spm
 
+from examples.fairseq_logs import parse_eval_lm
 from fairseq_cli import ROOT, USER_DIR, run, write_lines
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
@@ -80,16 +80,13 @@ def test_eval_lm_reports_per_word_figures_of_the_sentencepiece_pieces(corpus):
     sp = spm.SentencePieceProcessor(model_file=str(root / "data-bin" / "spm.model"))
     n_tokens = sum(len(sp.encode(line)) + 1 for line in text["test"])  # pieces + </s> per line
     n_words = sum(len(line.split()) + 1 for line in text["test"])  # words + </s> per line
-    m = re.search(r"Evaluated ([\d,]+) tokens", out)
-    assert m and int(m.group(1).replace(",", "")) == n_tokens, out[-3000:]
-    token_loss = float(re.search(r"Loss \(base 2\): ([\d.]+), Perplexity", out).group(1))
-    m = re.search(r"Word-level loss \(base 2\): ([\d.]+), word-level perplexity: ([\d.]+) "
-                  r"\(sentencepiece pieces merged: ([\d,]+) words incl\. one </s> per line, over "
-                  r"([\d,]+) scored tokens\)", out)
-    assert m, out[-3000:]
-    word_loss, word_ppl = float(m.group(1)), float(m.group(2))
-    assert int(m.group(3).replace(",", "")) == n_words
-    assert int(m.group(4).replace(",", "")) == n_tokens
+    scored = parse_eval_lm(out)
+    assert scored["tokens"] == n_tokens, out[-3000:]
+    token_loss = scored["loss"]
+    assert "word_loss" in scored and "(sentencepiece pieces merged:" in out, out[-3000:]
+    word_loss, word_ppl = scored["word_loss"], scored["word_ppl"]
+    assert scored["words"] == n_words
+    assert scored["pieces"] == n_tokens
     # The same bits, spread over the words of the raw text instead of the pieces.
     assert word_loss == pytest.approx(token_loss * n_tokens / n_words, abs=1e-4 * n_tokens / n_words)
     assert word_ppl == pytest.approx(2 ** word_loss, rel=1e-3)

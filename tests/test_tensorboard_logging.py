@@ -1,13 +1,12 @@
 """--tensorboard-logdir with truncated_bptt_lm (the real fairseq-train), read back from the event
 files; examples/plot_training_curves.py on that directory."""
-import json
 import os
-import re
 import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from examples.fairseq_logs import parse_training_log
 from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
@@ -24,10 +23,6 @@ def _scalars(event_dir):
     events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
-
-
-def _json_records(log, tag):
-    return [json.loads(m.group(1)) for m in re.finditer(rf"\| {tag} \| (\{{.*\}})", log)]
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +47,29 @@ def test_event_files_hold_the_logged_training_and_per_split_validation_metrics(t
     root, log = trained
     assert sorted(os.listdir(root / "tb")) == ["test", "train", "train_inner", "valid"]
     inner = _scalars(root / "tb" / "train_inner")
-    records = _json_records(log, "train_inner")
-    assert [int(r["num_updates"]) for r in records] == sorted(inner["loss"]) == [1, 2, 3, 4, 5, 6]
-    for r in records:
+    records = parse_training_log(log)
+    train = records["train"]
+    assert [int(r["num_updates"]) for r in train] == sorted(inner["loss"]) == [1, 2, 3, 4, 5, 6]
+    for r in train:
         step = int(r["num_updates"])
         for key in ("loss", "ppl", "lr", "gnorm"):
-            assert inner[key][step] == pytest.approx(float(r[key]), abs=1e-6)
+            assert inner[key][step] == pytest.approx(r[key], abs=1e-6)
     for subset in ("valid", "test"):  # each validation split under its own name, at its updates
         scalars = _scalars(root / "tb" / subset)
-        logged = _json_records(log, subset)
-        assert [int(r[f"{subset}_num_updates"]) for r in logged] == sorted(scalars["loss"]) == [3, 6]
+        logged = [r for r in records["valid"] if r["subset"] == subset]
+        assert [int(r["num_updates"]) for r in logged] == sorted(scalars["loss"]) == [3, 6]
         for r in logged:
-            step = int(r[f"{subset}_num_updates"])
-            assert scalars["loss"][step] == pytest.approx(float(r[f"{subset}_loss"]), abs=1e-6)
-            assert scalars["ppl"][step] == pytest.approx(float(r[f"{subset}_ppl"]), abs=1e-6)
+            step = int(r["num_updates"])
+            assert scalars["loss"][step] == pytest.approx(r["loss"], abs=1e-6)
+            assert scalars["ppl"][step] == pytest.approx(r["ppl"], abs=1e-6)
     valid, test = _scalars(root / "tb" / "valid"), _scalars(root / "tb" / "test")
     assert valid["loss"] != test["loss"]  # two splits, two memories, two results
 
 
 def test_plot_training_curves_reads_the_tensorboard_directory(trained):
     root, _ = trained
-    out = run(sys.executable, os.path.join(ROOT, "examples", "plot_training_curves.py"),
-              root / "tb", "--labels", "run", "--out", root / "curves.png")
+    out = run(sys.executable, "-m", "examples.plot_training_curves",  # as docs/data.md shows
+              root / "tb", "--labels", "run", "--out", root / "curves.png", cwd=ROOT)
     assert "run: 6 training points; validation: valid 2, test 2" in out, out[-2000:]
     with open(root / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
