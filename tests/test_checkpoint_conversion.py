@@ -48,9 +48,13 @@ def test_vocabulary_map_refuses_what_it_cannot_map_exactly():
 # ----------------------------------------------------------------------------- NVIDIA
 NVIDIA_CONFIGS = {
     "div_val2_tied": dict(d_embed=12, div_val=2, tie_weight=True, tie_projs=[False, True, True],
-                          pre_lnorm=False, clamp_len=-1),
+                          pre_lnorm=False, clamp_len=-1, same_length=False),
     "div_val1_untied_pre_norm": dict(d_embed=16, div_val=1, tie_weight=False,
-                                     tie_projs=[False, False, False], pre_lnorm=True, clamp_len=3),
+                                     tie_projs=[False, False, False], pre_lnorm=True, clamp_len=3,
+                                     same_length=False),
+    "div_val2_tied_same_length": dict(d_embed=12, div_val=2, tie_weight=True,
+                                      tie_projs=[False, True, True], pre_lnorm=False, clamp_len=-1,
+                                      same_length=True),
 }
 
 
@@ -59,8 +63,7 @@ def nvidia_checkpoint(variant, seed=0):
     g = torch.Generator().manual_seed(seed)
     cfg = dict(n_token=len(SYMBOLS), n_layer=2, n_head=2, d_model=16, d_head=8, d_inner=32,
                dropout=0.0, dropatt=0.0, dtype=None, tgt_len=6, ext_len=0, mem_len=5,
-               cutoffs=list(CUTOFFS), same_length=False, attn_type=0, sample_softmax=-1,
-               **NVIDIA_CONFIGS[variant])
+               cutoffs=list(CUTOFFS), attn_type=0, sample_softmax=-1, **NVIDIA_CONFIGS[variant])
 
     def rnd(*shape, mean=0.0):
         return torch.randn(*shape, generator=g) * 0.5 + mean
@@ -97,7 +100,9 @@ def nvidia_checkpoint(variant, seed=0):
 
 def nvidia_reference(cfg, sd, stream, seg):
     """Deliberately naive NVIDIA Transformer-XL scoring (loops over positions), source ids.
-    stream ``[B, L]``; returns log p(stream[:, t + 1]) ``[B, L - 1]`` scored ``seg`` at a time."""
+    stream ``[B, L]``; returns log p(stream[:, t + 1]) ``[B, L - 1]`` scored ``seg`` at a time.
+    With ``same_length``, NVIDIA's mask: a query sees the keys up to ``mem_len`` positions back,
+    ``mem_len + 1`` keys in all (the authors' and HuggingFace's see ``mem_len``)."""
     d, H, Dh, div_val = cfg["d_model"], cfg["n_head"], cfg["d_head"], cfg["div_val"]
     bounds = [0] + CUTOFFS + [len(SYMBOLS)]
 
@@ -163,6 +168,9 @@ def nvidia_reference(cfg, sd, stream, seg):
                         qi = q[M + i, sl]
                         scores = []
                         for j in range(M + i + 1):  # causal: keys up to the query's position
+                            if cfg["same_length"] and M + i - j > cfg["mem_len"]:
+                                scores.append(torch.tensor(-math.inf))
+                                continue
                             r = (sd[p + "dec_attn.r_net.weight"] @ sinusoid(M + i - j))[sl]
                             scores.append(((qi + sd["r_w_bias"][n]) @ k[j, sl]
                                            + (qi + sd["r_r_bias"][n]) @ r) / math.sqrt(Dh))
@@ -218,6 +226,7 @@ def test_nvidia_conversion_equals_naive_nvidia_reference(tmp_path, variant):
         cc.read_nvidia(path)
     model, _ = cc.convert(cc.read_nvidia(path, trust_pickle=True), str(tmp_path / "out"))
     model.eval()
+    assert model.decoder.memory_options.same_length_mask == "nvidia"
     torch.manual_seed(3)
     stream = torch.randint(0, len(SYMBOLS), (2, 17))
     reference = nvidia_reference(cfg, sd, stream, seg=6)
@@ -230,7 +239,8 @@ def test_nvidia_conversion_equals_naive_nvidia_reference(tmp_path, variant):
 
 
 def test_convert_cli_then_fairseq_eval_lm_scores_like_the_source(tmp_path):
-    cfg, sd = nvidia_checkpoint("div_val2_tied", seed=1)
+    """With NVIDIA's same_length on (as its WT103 evaluation runs), through the real entry points."""
+    cfg, sd = nvidia_checkpoint("div_val2_tied_same_length", seed=1)
     src = str(tmp_path / "nvidia.pt")
     save_nvidia(src, cfg, sd)
     out = str(tmp_path / "converted")
