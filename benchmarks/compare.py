@@ -542,7 +542,7 @@ def run_name(run: Dict) -> str:
     if run["budget"] == "time":
         return "ours, same time budget"
     if run.get("matched"):
-        return f"ours matched, seed {run['seed']} (example's weights, zero initial memory, example's batches)"
+        return f"ours matched, seed {run['seed']}"
     return f"ours, same updates, defaults, own init seed {run['seed']}"
 
 
@@ -667,7 +667,8 @@ def report(results: Dict) -> str:
                      "written at update 0 by benchmarks/initial_checkpoint.py; ours matched: the same weights "
                      f"converted (seed 1: `{first[OURS]}`, truncated_bptt/checkpoint_conversion.py), trained and "
                      f"scored with `{' '.join(MATCHED_FLAGS)}` (HuggingFace's zero initial memory and the "
-                     "example's batches); both loaded with --finetune-from-model. \"defaults, own init seed k\": "
+                     "example's batches; \"ours matched\"); both loaded with --finetune-from-model. "
+                     "\"defaults, own init seed k\": "
                      "our fairseq-train's own initialisation with --seed k and our defaults.")
         lines.append("")
         lines.append("| run | implementation | updates | train wall s | test ppl, short memory "

@@ -49,12 +49,12 @@ def verdict(pairs: Sequence[Pair], tolerance: float) -> Verdict:
         raise ValueError("no matched runs")
     pairs = sorted(pairs, key=lambda p: p.seed)
     diffs = ", ".join(f"seed {p.seed}: example {p.example_ppl:.2f}, ours {p.ours_ppl:.2f} "
-                      f"({p.relative_difference:+.1%})" for p in pairs)
+                      f"({p.relative_difference:+.2%})" for p in pairs)
     worst = max(abs(p.relative_difference) for p in pairs)
     example = [p.example_ppl for p in pairs]
     spread = max(example) / min(example) - 1.0
     facts = (f"Matched runs (identical weights, HuggingFace's zero initial memory, the example's "
-             f"batches), test ppl: {diffs}. Largest pair difference {worst:.1%}; the example's seeds "
+             f"batches), test ppl: {diffs}. Largest pair difference {worst:.2%}; the example's seeds "
              f"spread by {spread:.1%}; tolerance {tolerance:.1%}.")
     if worst > tolerance:
         return Verdict(DISAGREE, f"{facts} Verdict: the two DISAGREE (a pair differs by more than "

@@ -49,7 +49,8 @@ def plot_quality(quality: Dict, path: str) -> None:
         ax.set_ylabel("training perplexity per scored token")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     tps = quality["tokens_per_sample"]
     note = (f"example's logged ppl raised to {tps}/{tps - 1}: it divides its loss by {tps} "
             f"positions per block and scores {tps - 1}")
