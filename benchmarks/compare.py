@@ -10,10 +10,11 @@ One run, one machine, the same settings and data for both:
   quality  fairseq-train both with identical hyperparameters (configs/tiny_cpu.yaml's model, batch
            and Adam settings; see quality_flags): the example for a wall-clock budget
            (N updates), ours for the same N updates and for the same wall-clock budget; then
-           fairseq-eval-lm test perplexity at short and long memory, and a plot. Equal updates
-           are also run from identical initial weights (the example's fresh model, converted into
-           ours: benchmarks/initial_checkpoint.py) and from our own init with several seeds (the
-           seed-to-seed spread a difference between the two implementations is measured against).
+           fairseq-eval-lm test perplexity at short and long memory, and a plot. The equal-updates
+           comparison (benchmarks/equal_updates.py) runs matched pairs over several seeds: the
+           example from its fresh model, ours from the same weights converted
+           (benchmarks/initial_checkpoint.py) with the example's initial memory and batches; its
+           verdict (agree / disagree / inconclusive) is printed with the figures.
 
 The two implementations register the same names (`transformer_xl`, `truncated_bptt_lm`), so they never
 share a process: ours runs in .venv/py310 with `--user-dir <repo>/truncated_bptt`, the example in
@@ -35,12 +36,12 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
+from benchmarks.equal_updates import Pair, largest_curve_gap_bits, verdict
 from benchmarks.flops import XLShape, eval_forward_flops, train_step_flops
 from examples.fairseq_logs import final_update, parse_eval_lm, parse_training_log
 
@@ -245,17 +246,36 @@ def split_cluster_counts(data_dir: str, text_path: str, shape: XLShape) -> List[
 
 
 # -------------------------------------------------------------------------------------- speed
-def measure_peak(ours: Side, work: str, threads: int, when: str) -> Dict:
-    log(f"fp32 matmul peak at {threads} threads ({when})")
-    path = os.path.join(work, f"matmul_peak-{when}.out")
-    return parse_result_line(check(run_cmd(
-        [ours.python, os.path.join(BENCH, "matmul_peak.py"), "--threads", str(threads)], path, threads),
-        "matmul_peak.py", path)["output"])
+# The dtypes of the table's rows and the matmul peak each is measured against.
+PEAK_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def measure_peaks(ours: Side, work: str, threads: int, when: str) -> Dict[str, Dict]:
+    """{row dtype: matmul_peak.py's result in that dtype}."""
+    peaks = {}
+    for row_dtype, dtype in PEAK_DTYPES.items():
+        log(f"{dtype} matmul peak at {threads} threads ({when})")
+        path = os.path.join(work, f"matmul_peak-{dtype}-{when}.out")
+        peaks[row_dtype] = parse_result_line(check(run_cmd(
+            [ours.python, os.path.join(BENCH, "matmul_peak.py"), "--threads", str(threads),
+             "--dtype", dtype], path, threads), "matmul_peak.py", path)["output"])
+    return peaks
+
+
+def best_peaks(start: Dict[str, Dict], end: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Per dtype, the higher of the start and end measurements (a busy moment only lowers one),
+    with both kept under "measurements"."""
+    best = {}
+    for row_dtype in start:
+        peak = dict(max(start[row_dtype], end[row_dtype], key=lambda p: p["flops_per_s"]))
+        peak["measurements"] = [start[row_dtype]["flops_per_s"], end[row_dtype]["flops_per_s"]]
+        best[row_dtype] = peak
+    return best
 
 
 def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: Dict) -> None:
     threads = args.threads
-    start_peak = measure_peak(sides[OURS], work, threads, "start")
+    start_peaks = measure_peaks(sides[OURS], work, threads, "start")
     vocab = None
 
     # Training steps, alternating the two sides over rounds so that a burst of load from elsewhere
@@ -343,14 +363,15 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
             entry["model_flops_per_s"] = flops / entry["seconds"]
         entries.append(entry)
     results["eval"] = best_rounds(entries)
-    # The peak again at the end: the best of the two is the machine's (a busy moment only lowers it).
-    end_peak = measure_peak(sides[OURS], work, threads, "end")
-    peak = dict(max(start_peak, end_peak, key=lambda p: p["flops_per_s"]))
-    peak["measurements"] = [start_peak["flops_per_s"], end_peak["flops_per_s"]]
-    results["matmul_peak"] = peak
-    for entry in list(results["train"].values()) + results["eval"]:
+    # The peaks again at the end: the best of the two is the machine's.
+    peaks = best_peaks(start_peaks, measure_peaks(sides[OURS], work, threads, "end"))
+    results["matmul_peak"] = peaks["fp32"]
+    results["matmul_peaks"] = peaks
+    for entry in list(results["train"].values()) + results["eval"]:  # training rows are fp32
         if "model_flops_per_s" in entry:
+            peak = peaks[entry.get("dtype", "fp32")]
             entry["fraction_of_peak"] = entry["model_flops_per_s"] / peak["flops_per_s"]
+            entry["peak_dtype"] = peak["dtype"]
     fp32_loss = {(e["impl"], e["batch"]): e.get("loss") for e in results["eval"] if e["dtype"] == "fp32"}
     for e in results["eval"]:
         if e["dtype"] == "bf16" and e.get("loss") is not None and fp32_loss.get((e["impl"], e["batch"])) == e["loss"]:
@@ -399,135 +420,147 @@ def final_updates(text: str) -> int:
     return final_update(parse_training_log(text))
 
 
-def initial_weights(sides: Dict[str, Side], data: str, work: str, flags: List[str], threads: int) -> Dict[str, str]:
-    """The example's fresh model under `flags` (what its fairseq-train would start from) as a
-    checkpoint at update 0, and the same weights converted into ours, by benchmarks/
-    initial_checkpoint.py in each side's environment: {side: checkpoint for --finetune-from-model}."""
-    paths = {name: os.path.join(work, f"quality-init-{name}.pt") for name in (EXAMPLE, OURS)}
-    hf_config = os.path.join(work, "quality-init-example-transformers.json")
-    how = {EXAMPLE: ["--save-transformers-config", hf_config], OURS: ["--from-example", paths[EXAMPLE], hf_config]}
-    for name in (EXAMPLE, OURS):
-        side = sides[name]
-        path = os.path.join(work, f"quality-init-{name}.out")
-        log(f"quality: the example's initial weights as {name} checkpoint {os.path.basename(paths[name])}")
-        check(run_cmd([side.python, os.path.join(BENCH, "initial_checkpoint.py"), paths[name], *how[name], "--",
-                       data, *flags, "--user-dir", side.user_dir], path, threads),
-              f"initial_checkpoint.py ({name})", path)
-    return paths
+def initial_weights(sides: Dict[str, Side], data: str, work: str, args, seeds: List[int],
+                    threads: int) -> Dict[int, Dict[str, str]]:
+    """For each seed: the example's fresh model under the quality flags with that seed (what its
+    fairseq-train would start from) as a checkpoint at update 0, and the same weights converted
+    into ours, by benchmarks/initial_checkpoint.py in each side's environment:
+    {seed: {side: checkpoint for --finetune-from-model}}."""
+    out = {}
+    for seed in seeds:
+        paths = {name: os.path.join(work, f"quality-init-seed{seed}-{name}.pt") for name in (EXAMPLE, OURS)}
+        hf_config = os.path.join(work, f"quality-init-seed{seed}-example-transformers.json")
+        how = {EXAMPLE: ["--save-transformers-config", hf_config],
+               OURS: ["--from-example", paths[EXAMPLE], hf_config]}
+        for name in (EXAMPLE, OURS):
+            side = sides[name]
+            path = os.path.join(work, f"quality-init-seed{seed}-{name}.out")
+            log(f"quality: the example's initial weights (seed {seed}) as {name} checkpoint")
+            check(run_cmd([side.python, os.path.join(BENCH, "initial_checkpoint.py"), paths[name],
+                           *how[name], "--", data, *quality_flags(args, seed), "--user-dir",
+                           side.user_dir], path, threads),
+                  f"initial_checkpoint.py ({name}, seed {seed})", path)
+        out[seed] = paths
+    return out
+
+
+# What ours needs to train on exactly what the example trains on (benchmarks/equal_updates.py).
+MATCHED_FLAGS = ["--zero-initial-memory", "--data-layout", "fairseq_example"]
+
+
+def quality_plan(args, init: Dict[int, Dict[str, str]]) -> List[Dict]:
+    """The quality runs in order. The example's time-budget run (seed 1, from its fresh model)
+    fixes the number of updates N of every "updates" run."""
+    def run(label, impl, seed, budget, init_from=None, matched=False):
+        return {"label": label, "impl": impl, "seed": seed, "budget": budget, "init_from": init_from,
+                "matched": matched}
+
+    plan = [run("example-time", EXAMPLE, 1, "time", init[1][EXAMPLE])]
+    plan += [run(f"example-updates-seed{s}", EXAMPLE, s, "updates", init[s][EXAMPLE])
+             for s in range(2, args.matched_seeds + 1)]
+    plan += [run(f"ours-matched-seed{s}", OURS, s, "updates", init[s][OURS], matched=True)
+             for s in range(1, args.matched_seeds + 1)]
+    plan += [run(f"ours-updates-seed{s}", OURS, s, "updates") for s in range(1, args.quality_seeds + 1)]
+    plan.append(run("ours-time", OURS, 1, "time"))
+    return plan
 
 
 def measure_quality(args, sides: Dict[str, Side], data: str, work: str, results: Dict) -> None:
     threads = args.threads
     hours = args.budget_minutes / 60.0
-    flags = quality_flags(args)
-    init = initial_weights(sides, data, work, flags, threads)
-    # (label, side, seed, initial weights: a checkpoint or None for the side's own init with the seed,
-    #  budget: "time" = the wall-clock budget, "updates" = the example's number of updates,
-    #  hf_memory: ours starts its streams with HuggingFace's mem_len zero vectors, as the example does)
-    plan = [("example-time", EXAMPLE, 1, init[EXAMPLE], "time", False),  # the init its fairseq-train makes
-            *[(f"example-updates-seed{s}", EXAMPLE, s, None, "updates", False)
-              for s in range(2, args.example_seeds + 1)],
-            ("ours-updates-example-init", OURS, 1, init[OURS], "updates", False),
-            ("ours-updates-example-init-hf-memory", OURS, 1, init[OURS], "updates", True),
-            ("ours-updates", OURS, 1, None, "updates", False),
-            *[(f"ours-updates-seed{s}", OURS, s, None, "updates", False) for s in range(2, args.quality_seeds + 1)],
-            ("ours-time", OURS, 1, None, "time", False)]
+    init = initial_weights(sides, data, work, args, list(range(1, args.matched_seeds + 1)), threads)
     test_split = "testhead" if args.quality_test_tokens > 0 else "test"
     runs = {}
-    for label, name, seed, init_from, budget, hf_memory in plan:
+    for plan in quality_plan(args, init):
+        label, name = plan["label"], plan["impl"]
         side = sides[name]
-        extra = (["--stop-time-hours", f"{hours:.6f}"] if budget == "time"
+        extra = (["--stop-time-hours", f"{hours:.6f}"] if plan["budget"] == "time"
                  else ["--max-update", str(runs["example-time"]["updates"])])
-        if init_from is not None:
-            extra += ["--finetune-from-model", init_from]
-        if hf_memory:
-            extra += ["--zero-initial-memory"]
+        if plan["init_from"] is not None:
+            extra += ["--finetune-from-model", plan["init_from"]]
+        if plan["matched"]:
+            extra += MATCHED_FLAGS
         save = os.path.join(work, f"quality-{label}")
         path = save + ".out"
         log(f"quality: training {label} ({' '.join(extra)})")
-        res = check(run_cmd([side.cli("fairseq-train"), data, *quality_flags(args, seed), "--user-dir", side.user_dir,
-                             "--save-dir", save, *extra], path, threads), f"fairseq-train {label}", path)
-        runs[label] = {"impl": name, "budget": budget, "seed": seed, "hf_memory": hf_memory,
-                       "init": "own" if init_from is None else "example",
+        res = check(run_cmd([side.cli("fairseq-train"), data, *quality_flags(args, plan["seed"]),
+                             "--user-dir", side.user_dir, "--save-dir", save, *extra], path, threads),
+                    f"fairseq-train {label}", path)
+        runs[label] = {"impl": name, "budget": plan["budget"], "seed": plan["seed"],
+                       "matched": plan["matched"],
+                       "init": "own" if plan["init_from"] is None or name == EXAMPLE else "example",
                        "updates": final_updates(res["output"]), "train_wall_s": res["wall_s"],
                        "curve": train_log(res["output"]), "checkpoint": os.path.join(save, "checkpoint_last.pt"),
                        "log": os.path.relpath(path, ROOT)}
         runs[label]["name"] = run_name(runs[label])
-    memories = QUALITY_MEMORIES
     for label, run in runs.items():
-        side = sides[run["impl"]]
-        run["test"] = {}
-        for mem_name, mem in memories.items():
-            path = os.path.join(work, f"quality-{label}-eval-{mem_name}.out")
-            log(f"quality: fairseq-eval-lm {label}, {mem_name} memory")
-            overrides = (f'{{"mem_len": {mem["mem_len"]}, "clamp_len": {mem["clamp_len"]}, '
-                         f'"same_length": {mem["same_length"]}}}')
-            res = check(run_cmd([side.cli("fairseq-eval-lm"), data, "--path", run["checkpoint"],
-                                 "--user-dir", side.user_dir, "--task", "truncated_bptt_lm",
-                                 "--gen-subset", test_split, "--cpu",
-                                 "--batch-size", str(args.quality_eval_streams),
-                                 "--required-batch-size-multiple", "1",
-                                 "--tokens-per-sample", str(mem["tps"]), "--model-overrides", overrides],
-                                path, threads), f"fairseq-eval-lm {label} {mem_name}", path)
-            scored = parse_eval_lm(res["output"])
-            run["test"][mem_name] = {"ppl": scored["ppl"], "loss_base2": scored["loss"],
-                                     "tokens": scored["tokens"], **mem}
-    results["quality"] = {"budget_minutes": args.budget_minutes, "flags": flags, "test_split": test_split,
+        run["test"] = {mem_name: evaluate_quality(args, sides[run["impl"]], data, work, label, run,
+                                                  mem_name, test_split)
+                       for mem_name in QUALITY_MEMORIES}
+    results["quality"] = {"budget_minutes": args.budget_minutes, "flags": quality_flags(args),
+                          "tokens_per_sample": TINY_TPS, "test_split": test_split,
                           "eval_streams": args.quality_eval_streams, "runs": runs,
-                          "initial_weights": {k: os.path.relpath(v, ROOT) for k, v in init.items()}}
+                          "agreement_tolerance": args.agreement_tolerance,
+                          "initial_weights": {str(s): {k: os.path.relpath(v, ROOT) for k, v in p.items()}
+                                              for s, p in init.items()}}
+
+
+def evaluate_quality(args, side: Side, data: str, work: str, label: str, run: Dict, mem_name: str,
+                     test_split: str) -> Dict:
+    """fairseq-eval-lm test perplexity of one run's checkpoint at one of QUALITY_MEMORIES (a
+    matched run of ours reads the example's batches, so both score the same targets)."""
+    mem = QUALITY_MEMORIES[mem_name]
+    path = os.path.join(work, f"quality-{label}-eval-{mem_name}.out")
+    log(f"quality: fairseq-eval-lm {label}, {mem_name} memory")
+    overrides = (f'{{"mem_len": {mem["mem_len"]}, "clamp_len": {mem["clamp_len"]}, '
+                 f'"same_length": {mem["same_length"]}}}')
+    layout = ["--data-layout", "fairseq_example"] if run["matched"] else []
+    res = check(run_cmd([side.cli("fairseq-eval-lm"), data, "--path", run["checkpoint"],
+                         "--user-dir", side.user_dir, "--task", "truncated_bptt_lm",
+                         "--gen-subset", test_split, "--cpu", *layout,
+                         "--batch-size", str(args.quality_eval_streams),
+                         "--required-batch-size-multiple", "1",
+                         "--tokens-per-sample", str(mem["tps"]), "--model-overrides", overrides],
+                        path, threads=args.threads), f"fairseq-eval-lm {label} {mem_name}", path)
+    scored = parse_eval_lm(res["output"])
+    return {"ppl": scored["ppl"], "loss_base2": scored["loss"], "tokens": scored["tokens"], **mem}
 
 
 def run_name(run: Dict) -> str:
     if run["impl"] == EXAMPLE:
-        return "example, time budget" if run["budget"] == "time" else f"example, same updates, own init seed {run['seed']}"
+        if run["budget"] == "time":
+            return f"example, time budget (seed {run['seed']})"
+        return f"example, same updates, seed {run['seed']}"
     if run["budget"] == "time":
         return "ours, same time budget"
-    init = "example's initial weights" if run["init"] == "example" else f"own init seed {run['seed']}"
-    if run.get("hf_memory"):
-        init += " and HF's zero initial memory"
-    return f"ours, same updates, {init}"
+    if run.get("matched"):
+        return f"ours matched, seed {run['seed']}"
+    return f"ours, same updates, defaults, own init seed {run['seed']}"
 
 
-def same_init_agreement(runs: Dict, memory: str = "short") -> str:
-    """One sentence: do the two implementations reach the same test perplexity at equal updates?
+def matched_pairs(runs: Dict, memory: str = "short") -> List[Pair]:
+    """The matched (example, ours) test perplexities per seed."""
+    example = {r["seed"]: r["test"][memory]["ppl"] for r in runs.values() if r["impl"] == EXAMPLE}
+    return [Pair(r["seed"], example[r["seed"]], r["test"][memory]["ppl"])
+            for r in runs.values() if r.get("matched") and r["seed"] in example]
 
-    All runs at the example's number of updates count: the example's (its time-budget run, seed 1,
-    and --example-seeds more) and ours (from the example's initial weights and from our own init with
-    --quality-seeds seeds). "Agree" means neither side is told apart by the seed-to-seed variation
-    this run measures: each side's mean lies inside the other side's range (with one example run:
-    the example's perplexity lies inside our range)."""
-    ex, same = runs["example-time"], runs["ours-updates-example-init"]
-    a, b = ex["test"][memory]["ppl"], same["test"][memory]["ppl"]
-    theirs = sorted(r["test"][memory]["ppl"] for r in runs.values() if r["impl"] == EXAMPLE)
-    ours = sorted(r["test"][memory]["ppl"] for r in runs.values()
-                  if r["impl"] == OURS and r["budget"] == "updates" and not r.get("hf_memory"))
 
-    def summary(values):
-        if len(values) == 1:
-            return f"{values[0]:.2f}"
-        return (f"{values[0]:.2f} .. {values[-1]:.2f} over {len(values)} runs (mean "
-                f"{statistics.mean(values):.2f}, std {statistics.stdev(values):.2f})")
-
-    text = (f"Equal updates ({ex['updates']:,}), test ppl ({memory} memory): example {summary(theirs)}; "
-            f"ours {summary(ours)}. From identical initial weights: example {a:.2f}, ours {b:.2f} "
-            f"(ours / example - 1 = {b / a - 1:+.1%})")
-    if len(theirs) == 1:
-        agree = ours[0] <= a <= ours[-1]
-    else:
-        agree = (ours[0] <= statistics.mean(theirs) <= ours[-1]
-                 and theirs[0] <= statistics.mean(ours) <= theirs[-1])
-    verdict = ("the two agree at this resolution (each side's mean lies inside the other's range)" if agree
-               else "NOT shown to agree (a side's mean lies outside the other side's range)")
-    text = f"{text}. Verdict: {verdict}."
-    hf = runs.get("ours-updates-example-init-hf-memory")
-    if hf is not None:
-        c = hf["test"][memory]["ppl"]
-        where = ("inside" if theirs[0] <= c <= theirs[-1] else "outside")
-        text += (f" With the example's initial weights and its zero initial memory (--zero-initial-memory: "
-                 f"HuggingFace's TransfoXL starts every stream with mem_len zero vectors, the authors and "
-                 f"NVIDIA with empty memory), ours reaches {c:.2f} against the example's {a:.2f} "
-                 f"(ours / example - 1 = {c / a - 1:+.1%}), {where} the example's range "
-                 f"({theirs[0]:.2f} .. {theirs[-1]:.2f}).")
+def equal_updates_report(quality: Dict, memory: str = "short") -> str:
+    """The verdict paragraph, and how far the matched training curves came apart (per scored token)."""
+    runs = quality["runs"]
+    text = verdict(matched_pairs(runs, memory), quality["agreement_tolerance"]).text
+    example = {r["seed"]: r for r in runs.values() if r["impl"] == EXAMPLE}
+    gaps = [largest_curve_gap_bits(example[r["seed"]]["curve"], r["curve"], quality["tokens_per_sample"])
+            for r in runs.values() if r.get("matched") and r["seed"] in example]
+    gaps = [g for g in gaps if g is not None]
+    if gaps:
+        text += (f" Training curves of the pairs (per scored token, at the logged updates): at most "
+                 f"{max(gaps):.3f} bits apart.")
+    defaults = sorted(r["test"][memory]["ppl"] for r in runs.values()
+                      if r["impl"] == OURS and r["budget"] == "updates" and not r.get("matched"))
+    if defaults:
+        text += (f" Ours with its defaults (own init, empty initial memory, every token a target) at "
+                 f"the same updates: {', '.join(f'{x:.2f}' for x in defaults)} (not part of the verdict).")
     return text
 
 
@@ -552,11 +585,12 @@ def report(results: Dict) -> str:
     lines.append(f"Run: {results['started']} .. {results['finished']} UTC, command: `{results['command']}`")
     lines.append("")
     if "train" in results:
-        peak = results["matmul_peak"]["flops_per_s"]
-        mp = results["matmul_peak"]
-        lines.append(f"Measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({mp['best_size']}^3 torch.mm, "
-                     f"{mp['threads']} threads, torch CPU capability {mp.get('cpu_capability', '?')}; best of "
-                     + ", ".join(f"{x / 1e9:.1f}" for x in (mp.get("measurements") or [])) + " at start/end)")
+        for row_dtype, mp in results.get("matmul_peaks", {"fp32": results["matmul_peak"]}).items():
+            lines.append(f"Measured {mp.get('dtype', 'float32')} matmul peak (the denominator of the "
+                         f"{row_dtype} rows' % of peak): {mp['flops_per_s'] / 1e9:.1f} GFLOP/s "
+                         f"({mp['best_size']}^3 torch.mm, {mp['threads']} threads, torch CPU capability "
+                         f"{mp.get('cpu_capability', '?')}; best of "
+                         + ", ".join(f"{x / 1e9:.1f}" for x in (mp.get("measurements") or [])) + " at start/end)")
         lines.append("")
         ex, us = results["train"][EXAMPLE], results["train"][OURS]
         lines.append(f"Training, forward+backward (batch {BENCH_BATCH} x {BENCH_TPS} tokens, mem_len "
@@ -583,7 +617,7 @@ def report(results: Dict) -> str:
                      f"{EVAL_CLAMP}, same_length; speedtest split; checkpoint of the benchmark size)")
         lines.append("")
         lines.append("| implementation | batch (streams) | dtype | tokens | tokens/s | rounds tokens/s | "
-                     "peak RSS MiB (process) | model GFLOP/s | % of matmul peak | note |")
+                     "peak RSS MiB (process) | model GFLOP/s | % of matmul peak (same dtype) | note |")
         lines.append("|---|---:|---|---:|---:|---|---:|---:|---:|---|")
         base = {}
         for e in results["eval"]:
@@ -619,11 +653,15 @@ def report(results: Dict) -> str:
                      "on both sides: `" + " ".join(q["flags"]) + "`")
         lines.append("")
         init = q["initial_weights"]
-        lines.append(f"Initial weights: the example's run starts from `{init[EXAMPLE]}`, the example's own fresh "
-                     "model under these flags (what its fairseq-train starts from) written at update 0 by "
-                     "benchmarks/initial_checkpoint.py; \"example's initial weights\": that model converted "
-                     f"into ours (`{init[OURS]}`, truncated_bptt/checkpoint_conversion.py); both loaded with "
-                     "--finetune-from-model. \"own init seed k\": our fairseq-train's initialisation with --seed k.")
+        first = init[min(init, key=int)]
+        lines.append(f"Initial weights: the example's run of seed k starts from its own fresh model under "
+                     f"these flags with --seed k (what its fairseq-train starts from; seed 1: `{first[EXAMPLE]}`), "
+                     "written at update 0 by benchmarks/initial_checkpoint.py; ours matched: the same weights "
+                     f"converted (seed 1: `{first[OURS]}`, truncated_bptt/checkpoint_conversion.py), trained and "
+                     f"scored with `{' '.join(MATCHED_FLAGS)}` (HuggingFace's zero initial memory and the "
+                     "example's batches; \"ours matched\"); both loaded with --finetune-from-model. "
+                     "\"defaults, own init seed k\": "
+                     "our fairseq-train's own initialisation with --seed k and our defaults.")
         lines.append("")
         lines.append("| run | implementation | updates | train wall s | test ppl, short memory "
                      f"(tps {sm['tps']}, mem {sm['mem_len']}) | test ppl, long memory "
@@ -633,7 +671,7 @@ def report(results: Dict) -> str:
             lines.append(f"| {run['name']} | {run['impl']} | {run['updates']:,} | {run['train_wall_s']:.0f} | "
                          f"{run['test']['short']['ppl']:.2f} | {run['test']['long']['ppl']:.2f} |")
         lines.append("")
-        lines.append(same_init_agreement(q["runs"]))
+        lines.append(equal_updates_report(q))
         if results.get("plot"):
             lines.append("")
             lines.append(f"Plot: {results['plot']}")
@@ -660,12 +698,16 @@ def main():
                         help="streams (batch) of the quality runs' fairseq-eval-lm")
     parser.add_argument("--quality-test-tokens", type=int, default=0,
                         help="score only the first ~N tokens of the test text (0: all of it)")
+    parser.add_argument("--matched-seeds", type=int, default=3,
+                        help="equal updates: matched pairs for seeds 1..N (the example from its fresh "
+                             "model with --seed k, ours from the same weights with the example's "
+                             "initial memory and batches; seed 1's example run is its time-budget run)")
+    parser.add_argument("--agreement-tolerance", type=float, default=0.03,
+                        help="equal-updates verdict: the largest ours / example - 1 of test perplexity "
+                             "a matched pair may show for the two to agree")
     parser.add_argument("--quality-seeds", type=int, default=3,
-                        help="train ours at the example's number of updates from its own init with seeds "
-                             "1..N (the seed-to-seed spread of test perplexity)")
-    parser.add_argument("--example-seeds", type=int, default=3,
-                        help="also train the example at its number of updates from its own init with "
-                             "seeds 2..N (seed 1 is its time-budget run): its seed-to-seed spread")
+                        help="also train ours with its defaults at the example's number of updates from "
+                             "its own init with seeds 1..N (context, not part of the verdict; 0: none)")
     parser.add_argument("--ours-venv", default=os.path.join(ROOT, ".venv", "py310"))
     parser.add_argument("--example-venv", default=os.path.join(ROOT, ".venv", "bench-example"))
     parser.add_argument("--out-dir", default=os.path.join(BENCH, "results"))
@@ -673,10 +715,12 @@ def main():
     parts = set(args.parts.split(","))
     if not parts <= {"speed", "quality"}:
         raise SystemExit(f"compare: --parts takes speed and/or quality, got {args.parts}")
-    if args.example_seeds < 1:
-        raise SystemExit(f"compare: --example-seeds must be >= 1, got {args.example_seeds}")
-    if args.quality_seeds < 1:
-        raise SystemExit(f"compare: --quality-seeds must be >= 1, got {args.quality_seeds}")
+    if args.matched_seeds < 1:
+        raise SystemExit(f"compare: --matched-seeds must be >= 1, got {args.matched_seeds}")
+    if args.quality_seeds < 0:
+        raise SystemExit(f"compare: --quality-seeds must be >= 0, got {args.quality_seeds}")
+    if not 0 < args.agreement_tolerance < 1:
+        raise SystemExit(f"compare: --agreement-tolerance must be in (0, 1), got {args.agreement_tolerance}")
 
     started = datetime.datetime.utcnow()
     stamp = started.strftime("%Y%m%d-%H%M%S")

@@ -14,11 +14,15 @@ Compares, on identical random parameters and gradients:
 - ``compiled``: NvidiaLamb with torch.compile'd fused kernels (``--lamb-impl compiled``); its
   one-off compile time is reported separately and not included in the step time.
 
-Prints the median step time of each and its speed-up over ``loop``. Not a test (timings depend on
-the machine); e.g. ``OMP_NUM_THREADS=1 python -m benchmarks.lamb_speed --repeat 5`` from the
-repository root (which puts this checkout's ``truncated_bptt`` first on the path).
+Prints the median step time of each and its speed-up over ``loop``, and with ``--out`` writes the
+same lines with the machine's load average before and after to a results file. Not a test (timings
+depend on the machine); e.g.
+``OMP_NUM_THREADS=1 python -m benchmarks.lamb_speed --repeat 5 --out benchmarks/results/lamb-cpu.md``
+from the repository root (which puts this checkout's ``truncated_bptt`` first on the path).
 """
 import argparse
+import datetime
+import os
 import statistics
 import time
 
@@ -66,7 +70,17 @@ def main():
     parser.add_argument("--impls", default="loop,foreach,compiled")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--out", help="also write the printed lines, the command and the load "
+                                      "average before and after to this file")
     args = parser.parse_args()
+    lines = []
+
+    def say(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    started = datetime.datetime.utcnow()
+    load_before = os.getloadavg()[0]
 
     torch.manual_seed(0)
     shapes = nvidia_base_shapes()
@@ -74,8 +88,8 @@ def main():
     init = [torch.randn(s, device=device) * 0.02 for s in shapes]
     grads = [torch.randn(s, device=device) * 1e-3 for s in shapes]
     n_params = sum(p.numel() for p in init)
-    print(f"{len(shapes)} tensors, {n_params / 1e6:.1f}M parameters, device {device}, "
-          f"{torch.get_num_threads()} threads, weight_decay {args.weight_decay}")
+    say(f"{len(shapes)} tensors, {n_params / 1e6:.1f}M parameters, device {device}, "
+        f"{torch.get_num_threads()} threads, weight_decay {args.weight_decay}")
     hyper = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=args.weight_decay)
 
     def sync():
@@ -105,13 +119,20 @@ def main():
             sync()
             times.append(time.perf_counter() - start)
         results[impl] = statistics.median(times)
-        print(f"{impl:>9}: {results[impl] * 1e3:9.1f} ms/step (median of {args.repeat}; "
-              f"first step {first:.1f} s)", flush=True)
+        say(f"{impl:>9}: {results[impl] * 1e3:9.1f} ms/step (median of {args.repeat}; "
+            f"first step {first:.1f} s)")
         del params, step
     if "loop" in results:
         for impl, t in results.items():
             if impl != "loop":
-                print(f"{impl:>9}: {results['loop'] / t:.2f}x faster than the per-parameter loop")
+                say(f"{impl:>9}: {results['loop'] / t:.2f}x faster than the per-parameter loop")
+    if args.out:
+        command = " ".join(["python -m benchmarks.lamb_speed"] + sys.argv[1:])
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(f"Run: {started:%Y-%m-%d %H:%M:%S} UTC, command: `OMP_NUM_THREADS="
+                    f"{os.environ.get('OMP_NUM_THREADS', 'unset')} {command}`; torch "
+                    f"{torch.__version__}; load average {load_before:.2f} before, "
+                    f"{os.getloadavg()[0]:.2f} after\n\n```\n" + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":

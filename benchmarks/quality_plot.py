@@ -1,15 +1,20 @@
 """Plot of the equal-budget quality runs of benchmarks/compare.py (matplotlib, Agg backend: no display).
 
-Left: training perplexity (fairseq's train_inner log) against wall-clock seconds, with the wall-clock
-budget marked. Middle: the same against updates. Right: test perplexity (fairseq-eval-lm) at short and
-long memory for each run.
+Left: training perplexity per scored token (from fairseq's train_inner log) against wall-clock
+seconds, with the wall-clock budget marked. Middle: the same against updates. Right: test perplexity
+(fairseq-eval-lm) at short and long memory for each run.
 
-Colour says which model and initial weights (red: the example; purple: ours from the example's
-initial weights; blue: ours from its own init; seeds other than 1 paler), line style which budget
-(solid: wall-clock, dashed: the example's number of updates; dotted: the same with HuggingFace's zero
-initial memory).
+The example logs its loss divided by every position of its blocks, T per block, while it scores
+T - 1 of them: its curves are converted to per scored token (ppl ** (T / (T - 1)),
+benchmarks/equal_updates.py), and the plot says so.
+
+Colour says which model and start (red: the example; purple: ours matched to it: its weights, zero
+initial memory, its batches; blue: ours with its defaults), line style which budget (solid:
+wall-clock, dashed: the example's number of updates); seeds other than 1 are paler.
 """
 from typing import Dict, Tuple
+
+from benchmarks.equal_updates import per_scored_token
 
 
 def style(run: Dict) -> Tuple[str, str, float]:
@@ -17,10 +22,9 @@ def style(run: Dict) -> Tuple[str, str, float]:
     if run["impl"] == "example":
         color = "tab:red"
     else:
-        color = "tab:purple" if run["init"] == "example" else "tab:blue"
-    pale = run["init"] == "own" and run["seed"] != 1  # further seeds of either side
-    line = "-" if run["budget"] == "time" else (":" if run.get("hf_memory") else "--")
-    return color, line, 0.4 if pale else 1.0
+        color = "tab:purple" if run.get("matched") else "tab:blue"
+    line = "-" if run["budget"] == "time" else "--"
+    return color, line, 0.45 if run["seed"] != 1 else 1.0
 
 
 def plot_quality(quality: Dict, path: str) -> None:
@@ -33,7 +37,7 @@ def plot_quality(quality: Dict, path: str) -> None:
     fig, (ax_time, ax_upd, ax_test) = plt.subplots(1, 3, figsize=(18, 5.2))
     for run in runs.values():
         color, line, alpha = style(run)
-        curve = run["curve"]
+        curve = per_scored_token(run["curve"], run["impl"], quality["tokens_per_sample"])
         if not curve:
             continue
         for ax, x in ((ax_time, "wall"), (ax_upd, "update")):
@@ -42,12 +46,16 @@ def plot_quality(quality: Dict, path: str) -> None:
     ax_time.axvline(quality["budget_minutes"] * 60, color="gray", linestyle=":", label="wall-clock budget")
     for ax, xlabel in ((ax_time, "wall-clock seconds"), (ax_upd, "updates")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("training perplexity")
+        ax.set_ylabel("training perplexity per scored token")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    ax_time.set_title("training perplexity vs time")
-    ax_upd.set_title("training perplexity vs updates")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    tps = quality["tokens_per_sample"]
+    note = (f"example's logged ppl raised to {tps}/{tps - 1}: it divides its loss by {tps} "
+            f"positions per block and scores {tps - 1}")
+    ax_time.set_title(f"training perplexity vs time\n({note})", fontsize=8)
+    ax_upd.set_title(f"training perplexity vs updates\n({note})", fontsize=8)
 
     names = list(runs)
     width = 0.38

@@ -1,7 +1,7 @@
 """Tokens/s of an exported TorchScript scorer (truncated-bptt-export) over one binarized split, as
 NVIDIA measures its TorchScript inference: one stream (batch 1), segment after segment with memory.
 
-    python benchmarks/torchscript_speed.py scorer.ts data-bin/wikitext-103/test --device cuda
+    python -m benchmarks.torchscript_speed scorer.ts data-bin/wikitext-103/test --device cuda
 
 The split is read as fairseq-eval-lm reads it (the plugin's TokenStream: every line's tokens, then
 eos). Prints the usual fairseq-style summary and one line ``RESULT {json}`` with tokens/s, the

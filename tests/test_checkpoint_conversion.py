@@ -48,9 +48,13 @@ def test_vocabulary_map_refuses_what_it_cannot_map_exactly():
 # ----------------------------------------------------------------------------- NVIDIA
 NVIDIA_CONFIGS = {
     "div_val2_tied": dict(d_embed=12, div_val=2, tie_weight=True, tie_projs=[False, True, True],
-                          pre_lnorm=False, clamp_len=-1),
+                          pre_lnorm=False, clamp_len=-1, same_length=False),
     "div_val1_untied_pre_norm": dict(d_embed=16, div_val=1, tie_weight=False,
-                                     tie_projs=[False, False, False], pre_lnorm=True, clamp_len=3),
+                                     tie_projs=[False, False, False], pre_lnorm=True, clamp_len=3,
+                                     same_length=False),
+    "div_val2_tied_same_length": dict(d_embed=12, div_val=2, tie_weight=True,
+                                      tie_projs=[False, True, True], pre_lnorm=False, clamp_len=-1,
+                                      same_length=True),
 }
 
 
@@ -59,8 +63,7 @@ def nvidia_checkpoint(variant, seed=0):
     g = torch.Generator().manual_seed(seed)
     cfg = dict(n_token=len(SYMBOLS), n_layer=2, n_head=2, d_model=16, d_head=8, d_inner=32,
                dropout=0.0, dropatt=0.0, dtype=None, tgt_len=6, ext_len=0, mem_len=5,
-               cutoffs=list(CUTOFFS), same_length=False, attn_type=0, sample_softmax=-1,
-               **NVIDIA_CONFIGS[variant])
+               cutoffs=list(CUTOFFS), attn_type=0, sample_softmax=-1, **NVIDIA_CONFIGS[variant])
 
     def rnd(*shape, mean=0.0):
         return torch.randn(*shape, generator=g) * 0.5 + mean
@@ -97,7 +100,9 @@ def nvidia_checkpoint(variant, seed=0):
 
 def nvidia_reference(cfg, sd, stream, seg):
     """Deliberately naive NVIDIA Transformer-XL scoring (loops over positions), source ids.
-    stream ``[B, L]``; returns log p(stream[:, t + 1]) ``[B, L - 1]`` scored ``seg`` at a time."""
+    stream ``[B, L]``; returns log p(stream[:, t + 1]) ``[B, L - 1]`` scored ``seg`` at a time.
+    With ``same_length``, NVIDIA's mask: a query sees the keys up to ``mem_len`` positions back,
+    ``mem_len + 1`` keys in all (the authors' and HuggingFace's see ``mem_len``)."""
     d, H, Dh, div_val = cfg["d_model"], cfg["n_head"], cfg["d_head"], cfg["div_val"]
     bounds = [0] + CUTOFFS + [len(SYMBOLS)]
 
@@ -163,6 +168,9 @@ def nvidia_reference(cfg, sd, stream, seg):
                         qi = q[M + i, sl]
                         scores = []
                         for j in range(M + i + 1):  # causal: keys up to the query's position
+                            if cfg["same_length"] and M + i - j > cfg["mem_len"]:
+                                scores.append(torch.tensor(-math.inf))
+                                continue
                             r = (sd[p + "dec_attn.r_net.weight"] @ sinusoid(M + i - j))[sl]
                             scores.append(((qi + sd["r_w_bias"][n]) @ k[j, sl]
                                            + (qi + sd["r_r_bias"][n]) @ r) / math.sqrt(Dh))
@@ -218,6 +226,7 @@ def test_nvidia_conversion_equals_naive_nvidia_reference(tmp_path, variant):
         cc.read_nvidia(path)
     model, _ = cc.convert(cc.read_nvidia(path, trust_pickle=True), str(tmp_path / "out"))
     model.eval()
+    assert model.decoder.memory_options.same_length_mask == "nvidia"
     torch.manual_seed(3)
     stream = torch.randint(0, len(SYMBOLS), (2, 17))
     reference = nvidia_reference(cfg, sd, stream, seg=6)
@@ -230,7 +239,8 @@ def test_nvidia_conversion_equals_naive_nvidia_reference(tmp_path, variant):
 
 
 def test_convert_cli_then_fairseq_eval_lm_scores_like_the_source(tmp_path):
-    cfg, sd = nvidia_checkpoint("div_val2_tied", seed=1)
+    """With NVIDIA's same_length on (as its WT103 evaluation runs), through the real entry points."""
+    cfg, sd = nvidia_checkpoint("div_val2_tied_same_length", seed=1)
     src = str(tmp_path / "nvidia.pt")
     save_nvidia(src, cfg, sd)
     out = str(tmp_path / "converted")
@@ -252,6 +262,8 @@ def test_convert_cli_then_fairseq_eval_lm_scores_like_the_source(tmp_path):
 
 
 # ----------------------------------------------------------------------------- HuggingFace
+# These need transformers (the `transformers` fixture, conftest.py): scripts/test.sh runs them in
+# .venv/bench-example, where a missing transformers fails instead of skipping.
 HF_CONFIGS = {
     "div_val1_same_length_untie_r": dict(d_embed=16, div_val=1, same_length=True, untie_r=True,
                                          clamp_len=4, pre_lnorm=False),
@@ -260,17 +272,38 @@ HF_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(HF_CONFIGS))
-def test_huggingface_conversion_equals_transformers_model(tmp_path, variant):
-    transformers = pytest.importorskip("transformers")
+def random_transformers_model(transformers, vocab_size, **options):
+    """A ``TransfoXLLMHeadModel`` of the tests' size with large random weights (far from uniform)."""
     torch.manual_seed(0)
     config = transformers.TransfoXLConfig(
-        vocab_size=len(SYMBOLS), cutoffs=list(CUTOFFS), d_model=16, n_head=2, d_head=8,
-        d_inner=32, n_layer=2, mem_len=5, dropout=0.0, dropatt=0.0, **HF_CONFIGS[variant])
+        vocab_size=vocab_size, cutoffs=list(CUTOFFS), d_model=16, n_head=2, d_head=8,
+        d_inner=32, n_layer=2, mem_len=5, dropout=0.0, dropatt=0.0, **options)
     hf = transformers.TransfoXLLMHeadModel(config).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.5)
+    return hf
+
+
+def transformers_log_probs(hf, stream, seg):
+    """transformers' own scores of ``stream`` ``[B, L]`` (its ids), ``seg`` tokens at a time:
+    log p(stream[:, t + 1]) ``[B, L - 1]``. Empty memory at the start, as the authors, NVIDIA and
+    fairseq-eval-lm (transformers' default, ``mems=None``, would start from mem_len zero vectors)."""
+    bsz, n_targets = stream.size(0), stream.size(1) - 1
+    reference, mems = [], [torch.zeros(0, bsz, hf.config.d_model) for _ in range(hf.config.n_layer)]
+    with torch.no_grad():
+        for start in range(0, n_targets, seg):
+            tokens = stream[:, start:min(start + seg, n_targets)]
+            out = hf(input_ids=tokens, mems=mems)
+            mems = out.mems
+            targets = stream[:, start + 1:start + 1 + tokens.size(1)]
+            reference.append(out.prediction_scores.gather(2, targets.unsqueeze(2)).squeeze(2))
+    return torch.cat(reference, dim=1)
+
+
+@pytest.mark.parametrize("variant", sorted(HF_CONFIGS))
+def test_huggingface_conversion_equals_transformers_model(tmp_path, variant, transformers):
+    hf = random_transformers_model(transformers, len(SYMBOLS), **HF_CONFIGS[variant])
     hf.save_pretrained(str(tmp_path / "hf"))
     with open(tmp_path / "hf" / "vocab.pkl", "wb") as f:  # the tokenizer's save_vocabulary layout
         pickle.dump({"idx2sym": list(SYMBOLS), "sym2idx": {s: i for i, s in enumerate(SYMBOLS)},
@@ -280,65 +313,32 @@ def test_huggingface_conversion_equals_transformers_model(tmp_path, variant):
     model, _ = cc.convert(cc.read_huggingface(str(tmp_path / "hf"), trust_pickle=True),
                           str(tmp_path / "out"))
     model.eval()
+    assert model.decoder.memory_options.same_length_mask == "authors"
 
     torch.manual_seed(3)
     stream = torch.randint(0, len(SYMBOLS), (2, 17))
-    # Empty memory at the start, as the authors, NVIDIA and fairseq-eval-lm (transformers' own
-    # default, mems=None, would start from mem_len zero vectors).
-    reference, mems = [], [torch.zeros(0, 2, 16) for _ in range(2)]
-    with torch.no_grad():
-        for start in range(0, 16, 6):
-            tokens = stream[:, start:min(start + 6, 16)]
-            out = hf(input_ids=tokens, mems=mems)
-            mems = out.mems
-            targets = stream[:, start + 1:start + 1 + tokens.size(1)]
-            reference.append(out.prediction_scores.gather(2, targets.unsqueeze(2)).squeeze(2))
-    reference = torch.cat(reference, dim=1)
+    reference = transformers_log_probs(hf, stream, seg=6)
     assert reference.std() > 1.0
     vmap = cc.map_vocabulary(SYMBOLS, CUTOFFS)
     got = converted_log_probs(model, to_fairseq_ids(stream, vmap.source_id), seg=6)
     assert torch.allclose(got, reference, atol=1e-5, rtol=1e-5), (got - reference).abs().max()
 
 
-def huggingface_named(cfg, sd):
-    """The NVIDIA-named checkpoint of ``nvidia_checkpoint`` as a ``TransfoXLLMHeadModel`` state dict
-    and config: HF's names, its cluster order (rows of cluster_weight reversed), u/v per layer (the
-    shared ones copied, as untie_r), tied tensors present under both names (as its state_dict())."""
-    hf = {}
-    for key, value in sd.items():
-        if key.startswith(("word_emb.", "layers.", "pos_emb.")):
-            hf["transformer." + key] = value
-        elif key.startswith("crit.out_layers_weights."):
-            hf[f"crit.out_layers.{key.rsplit('.', 1)[1]}.weight"] = value
-        elif key.startswith("crit.out_layers_biases."):
-            hf[f"crit.out_layers.{key.rsplit('.', 1)[1]}.bias"] = value
-        elif key.startswith("crit.cluster_"):
-            hf[key] = value.flip(0)
-        elif key.startswith("crit.out_projs."):
-            hf[key] = value
-    for i, table in enumerate(sd[k] for k in sorted(sd) if k.startswith("word_emb.emb_layers.")):
-        hf.setdefault(f"crit.out_layers.{i}.weight", table)
-        if cfg["tie_projs"][i] and f"word_emb.emb_projs.{i}" in sd:
-            hf[f"crit.out_projs.{i}"] = sd[f"word_emb.emb_projs.{i}"]
-    for l in range(cfg["n_layer"]):
-        hf[f"transformer.layers.{l}.dec_attn.r_w_bias"] = sd["r_w_bias"].clone()
-        hf[f"transformer.layers.{l}.dec_attn.r_r_bias"] = sd["r_r_bias"].clone()
-    return hf, dict(cfg, vocab_size=len(SYMBOLS), untie_r=True)
-
-
-def test_huggingface_state_over_a_fairseq_dictionary_converts_with_ids_unchanged(tmp_path):
+def test_huggingface_state_over_a_fairseq_dictionary_converts_with_ids_unchanged(tmp_path, transformers):
     """fairseq's examples/truncated_bptt wraps a TransfoXLLMHeadModel built on the fairseq
-    dictionary: its state dict maps onto ours id for id (no transformers needed)."""
+    dictionary: its state dict (transformers' own names, tied copies and cluster order) maps onto
+    ours id for id, and the result scores as transformers' model."""
     from truncated_bptt.fairseq_checkpoint import build_model
 
-    cfg, sd = nvidia_checkpoint("div_val2_tied", seed=2)
-    hf_state, hf_config = huggingface_named(cfg, sd)
     symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, len(SYMBOLS))]
+    hf = random_transformers_model(transformers, len(symbols), d_embed=12, div_val=2,
+                                   untie_r=True, pre_lnorm=False, clamp_len=-1)
     with pytest.raises(ValueError, match="not fairseq's <s> <pad> </s> <unk>"):
         cc.fairseq_vocabulary(SYMBOLS, CUTOFFS)
     vmap = cc.fairseq_vocabulary(symbols, CUTOFFS)
     assert vmap.source_id == list(range(len(symbols))) and vmap.cutoffs == CUTOFFS
-    state, opts = cc.fairseq_state(cc.huggingface_source(hf_state, hf_config, symbols), vmap)
+    source = cc.huggingface_source(hf.state_dict(), hf.config.to_dict(), symbols)
+    state, opts = cc.fairseq_state(source, vmap)
     assert not opts["tie_r"] and not opts["untie_weight"] and not opts["untie_projs"]
 
     with open(tmp_path / "dict.txt", "w") as f:
@@ -347,8 +347,11 @@ def test_huggingface_state_over_a_fairseq_dictionary_converts_with_ids_unchanged
                               task_args=["--tokens-per-sample", "6"])
     model.load_state_dict(state, strict=True)
     torch.manual_seed(4)
-    stream = torch.randint(2, len(symbols), (2, 17))  # no <pad> (id 1): it is never a target
-    reference = nvidia_reference(cfg, sd, stream, seg=6)
+    # no <pad> (id 1): it is never a target; every cluster's words, so its head column is read
+    stream = torch.randint(2, len(symbols), (2, 17))
+    targets = stream[:, 1:]
+    assert all(((targets >= lo) & (targets < hi)).any() for lo, hi in ((0, 20), (20, 35), (35, 50)))
+    reference = transformers_log_probs(hf, stream, seg=6)
     assert reference.std() > 1.0
     got = converted_log_probs(model, stream, seg=6)
     assert torch.allclose(got, reference, atol=1e-5, rtol=1e-5), (got - reference).abs().max()

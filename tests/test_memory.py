@@ -72,6 +72,8 @@ def test_memory_options_refuse_bad_values_with_one_line():
         MemoryOptions(mem_len=-1)
     with pytest.raises(ValueError, match="same_length needs mem_len > 0"):
         MemoryOptions(mem_len=0, same_length=True)
+    with pytest.raises(ValueError, match="same_length_mask must be 'authors' or 'nvidia', got 1"):
+        MemoryOptions(mem_len=4, same_length_mask=1)
 
     class Cfg:
         mem_len, clamp_len, same_length = 16, "400", False

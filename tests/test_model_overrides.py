@@ -28,7 +28,7 @@ def test_good_overrides_pass(text):
     ("['mem_len', 64]", r"is not a dict of option names to values"),
     ("{'memlen': 64}", r"sets 'memlen', which is no option of the model or of fairseq, so fairseq "
                        r"would ignore it: did you mean 'mem_len'\? the model's options are "
-                       r"checkpoint_activations, .*, mem_len, "),
+                       r"attention, checkpoint_activations, .*, mem_len, "),
     ("{'mem_len': '640'}", r"gives 'mem_len' the str '640', but mem_len takes an int, e.g. "
                            r"--model-overrides \"\{'mem_len': 0\}\""),
     ("{'same_length': 1}", r"gives 'same_length' the int 1, but same_length takes True or False"),

@@ -21,8 +21,11 @@ def naive_sinusoid(distance, d_model):
     return torch.tensor(sin + cos, dtype=torch.float64)
 
 
-def naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len):
-    """Transformer-XL attention sublayer with explicit loops over queries, keys and heads."""
+def naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len, same_length_mask="authors"):
+    """Transformer-XL attention sublayer with explicit loops over queries, keys and heads.
+    same_length: a query sees keys at most ``mem_len - 1`` positions back (the authors' code), or
+    at most ``mem_len`` back (NVIDIA's code)."""
+    farthest = mem_len - 1 if same_length_mask == "authors" else mem_len
     bsz, qlen, d_model = h.shape
     mlen = 0 if mem is None else mem.size(1)
     cat = h if mem is None else torch.cat([mem, h], dim=1)
@@ -40,7 +43,7 @@ def naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len):
                 keys, scores = [], []
                 for j in range(mlen + qlen):
                     dist = p - j
-                    if dist < 0 or (same_length and dist >= mem_len):
+                    if dist < 0 or (same_length and dist > farthest):
                         continue
                     clamped = min(dist, clamp_len) if clamp_len > 0 else dist
                     r = (naive_sinusoid(clamped, d_model) @ attn.r_net.weight.t()).view(n_head, d_head)
@@ -103,6 +106,24 @@ def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, m
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("mlen,qlen,mem_len", [(3, 4, 3), (0, 6, 4), (5, 1, 5)])
+@pytest.mark.parametrize("implementation", ["reference", "sdpa"])
+def test_nvidia_same_length_mask_matches_naive_reference(mlen, qlen, mem_len, implementation):
+    """same_length_mask "nvidia": every query sees one key more than the authors' mask."""
+    attn = make_attention(False, implementation=implementation)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(2, qlen, 8, generator=g, dtype=torch.float64)
+    mem = torch.randn(2, mlen, 8, generator=g, dtype=torch.float64) if mlen else None
+    u, v = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    pos_emb = position_encodings(mlen + qlen, 8, -1, dtype=torch.float64)
+    mask = attention_mask(qlen, mlen, True, mem_len, same_length_mask="nvidia")
+    ours = attn(h, pos_emb, mask, u, v, memory=mem)
+    ref = naive_attention(attn, h, mem, u, v, -1, True, mem_len, same_length_mask="nvidia")
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    authors = attn(h, pos_emb, attention_mask(qlen, mlen, True, mem_len), u, v, memory=mem)
+    assert not torch.allclose(authors, ours)  # where the two masks differ, the outputs do
+
+
 @pytest.mark.parametrize("mlen,qlen,same_length", [(0, 7, False), (9, 5, True), (6, 1, False)])
 def test_fused_attention_equals_the_reference_with_gradients(mlen, qlen, same_length):
     """fp32: the sdpa kernel (position term as its bias) gives the reference's outputs and the
@@ -152,6 +173,11 @@ def test_masks():
     # each query sees exactly mem_len = 3 keys: itself and the two before it
     assert (~same).sum(1).tolist() == [3, 3]
     assert same.tolist() == [[True, False, False, False, True], [True, True, False, False, False]]
+    nvidia = attention_mask(2, 3, same_length=True, mem_len=3, same_length_mask="nvidia")
+    # NVIDIA's: mem_len + 1 = 4 keys, the whole full memory
+    assert nvidia.tolist() == [[False, False, False, False, True], [True, False, False, False, False]]
+    with pytest.raises(ValueError, match="same_length_mask must be 'authors' or 'nvidia'"):
+        attention_mask(2, 3, True, 3, same_length_mask="nvidea")
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 0.03), (torch.float16, 0.003)])

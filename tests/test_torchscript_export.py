@@ -42,7 +42,8 @@ CONFIGS = {
     "div_val_pre_norm_same_length": ["--mem-len", "4", "--div-val", "2", "--d-embed", "12",
                                      "--pre-lnorm", "--same-length", "--clamp-len", "3", "--tie-r"],
     "no_tail_clusters": ["--mem-len", "5", "--cutoffs", "2000,10000"],  # as the quickstart's model
-    "d_embed_projected_div_val_1": ["--mem-len", "5", "--d-embed", "12", "--same-length"],
+    "d_embed_projected_div_val_1_nvidia_same_length": ["--mem-len", "5", "--d-embed", "12",
+                                                       "--same-length", "--same-length-mask", "nvidia"],
     "one_tail_cluster_untied": ["--mem-len", "3", "--cutoffs", "25", "--untie-weight",
                                 "--untie-projs", "--div-val", "2"],
     "sdpa_attention": ["--mem-len", "5", "--attention", "sdpa", "--same-length"],
@@ -88,6 +89,7 @@ def test_scripted_scorer_without_fairseq_equals_eager_model(dictionary_dir, tmp_
     for got, want in zip(result["log_probs"], reference):
         assert torch.allclose(torch.tensor(got), want, atol=1e-5, rtol=1e-5)
     assert result["mem_shape"] == [2, model.decoder.memory_options.mem_len, model.decoder.cfg.d_model]
+    assert torch.jit.load(path).same_length_mask == model.decoder.memory_options.same_length_mask
 
 
 def test_scorer_streams_one_token_at_a_time_and_in_bfloat16(dictionary_dir):

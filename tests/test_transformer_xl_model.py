@@ -236,6 +236,37 @@ def test_clamp_len_and_same_length_change_what_memory_contributes():
         dec.set_memory_options(mem_len=0)
 
 
+def test_same_length_mask_reaches_the_cached_and_the_uncached_path():
+    """NVIDIA's same_length mask (one key more per query than the authors') in an evaluation pass
+    with its inference cache, in forward_segment without one (as training), and after
+    set_memory_options (which must not reuse a cached mask of the other variant)."""
+    dec = small_decoder(mem_len=6, same_length=True, same_length_mask="nvidia").eval()
+    assert dec.memory_options.same_length_mask == "nvidia"
+    segments = tokens(2, 15).split(5, dim=1)
+
+    def both_paths():
+        cached = validation_pass(dec, segments)
+        memory, uncached = None, []
+        with torch.no_grad():
+            for seg in segments:
+                out, memory = dec.forward_segment(seg, memory)
+                uncached.append(out)
+        for a, b in zip(cached, uncached):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        return torch.cat(cached, dim=1)
+
+    nvidia = both_paths()
+    dec.set_memory_options(same_length_mask="authors")
+    authors = both_paths()
+    # the first segment is the same (no query has keys that far back); later ones differ
+    torch.testing.assert_close(nvidia[:, :5], authors[:, :5])
+    assert not torch.allclose(nvidia[:, 5:], authors[:, 5:], atol=1e-3)
+    with pytest.raises(ValueError, match="same_length_mask must be 'authors' or 'nvidia', got 'nvidea'"):
+        dec.set_memory_options(same_length_mask="nvidea")
+    with pytest.raises(ValueError, match="same_length_mask must be 'authors' or 'nvidia'"):
+        small_decoder(mem_len=6, same_length_mask="NVIDIA")
+
+
 def test_memory_options_are_validated_once_with_one_clear_line():
     with pytest.raises(ValueError, match="mem_len must be an integer, got '640'"):
         small_decoder(mem_len="640")

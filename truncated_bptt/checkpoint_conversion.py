@@ -19,13 +19,17 @@ Cluster logits: HuggingFace (like the authors' TF code and this model) reads tai
 head probability from head column ``shortlist + i - 1``; NVIDIA's PyTorch code (like the authors'
 PyTorch code) reads column ``-i``, i.e. its ``cluster_weight`` rows are in reverse cluster order:
 they are reversed on import.
+
+same_length: the authors' and HuggingFace's mask lets each query see ``mem_len`` keys, NVIDIA's
+``mem_len + 1``; the converted model carries its source's (``same_length_mask``), so it scores as
+the source's own code does with same_length on, whichever options it is evaluated with.
 """
 import json
 import logging
 import os
 import pickle
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -68,7 +72,6 @@ class SourceModel:
     r_r_bias: Optional[Tensor] = None
     counts: Optional[List[int]] = None
     tokens_per_sample: int = 128
-    notes: List[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- pickles
@@ -192,11 +195,14 @@ def _check_architecture(attn_type, sample_softmax, adaptive=True):
 
 
 def _model_options(n_layer, d_model, n_head, d_head, d_inner, d_embed, div_val, cutoffs, mem_len,
-                   clamp_len, same_length, pre_lnorm, dropout, dropatt, tie_r):
+                   clamp_len, same_length, pre_lnorm, dropout, dropatt, tie_r, same_length_mask):
+    """``same_length_mask``: the source code's same_length mask (see
+    :func:`truncated_bptt.relative_attention.attention_mask`), kept even when the source ran
+    without same_length, so that turning it on at evaluation scores as the source's code does."""
     return dict(n_layer=n_layer, d_model=d_model, n_head=n_head, d_head=d_head, d_inner=d_inner,
                 d_embed=d_embed, div_val=div_val, cutoffs=list(cutoffs), mem_len=mem_len,
                 clamp_len=clamp_len, same_length=bool(same_length), pre_lnorm=bool(pre_lnorm),
-                dropout=dropout, dropatt=dropatt, tie_r=tie_r)
+                dropout=dropout, dropatt=dropatt, tie_r=tie_r, same_length_mask=same_length_mask)
 
 
 def read_huggingface(model_dir: str, vocab: Optional[str] = None, trust_pickle: bool = False
@@ -242,7 +248,7 @@ def huggingface_source(state: Dict[str, Tensor], cfg: Dict[str, object], symbols
                              div_val, cfg["cutoffs"], cfg.get("mem_len", 0) or 0,
                              cfg.get("clamp_len", -1), cfg.get("same_length", False),
                              cfg.get("pre_lnorm", False), cfg.get("dropout", 0.1),
-                             cfg.get("dropatt", 0.0), tie_r=not untie_r)
+                             cfg.get("dropatt", 0.0), tie_r=not untie_r, same_length_mask="authors")
     tables = [state[f"transformer.word_emb.emb_layers.{i}.weight"]
               for i in range(1 if div_val == 1 else n_clusters)]
     embed_projs = _indexed(state, "transformer.word_emb.emb_projs.")
@@ -290,7 +296,8 @@ def read_nvidia(checkpoint: str, vocab: Optional[str] = None, trust_pickle: bool
     options = _model_options(n_layer, d_model, cfg["n_head"], cfg["d_head"], cfg["d_inner"], d_embed,
                              div_val, cutoffs, cfg.get("mem_len") or 0, cfg.get("clamp_len", -1),
                              cfg.get("same_length", False), cfg.get("pre_lnorm", False),
-                             cfg.get("dropout", 0.1), cfg.get("dropatt", 0.0), tie_r=True)
+                             cfg.get("dropout", 0.1), cfg.get("dropatt", 0.0), tie_r=True,
+                             same_length_mask="nvidia")
     tables = [state[f"word_emb.emb_layers.{i}.weight"] for i in range(1 if div_val == 1 else n_clusters)]
     embed_projs = [state[f"word_emb.emb_projs.{i}"] for i in sorted(_indexed(state, "word_emb.emb_projs."))]
     own_out_w = _indexed(state, "crit.out_layers_weights.")
@@ -306,10 +313,6 @@ def read_nvidia(checkpoint: str, vocab: Optional[str] = None, trust_pickle: bool
         else:
             out_projs.append(own_projs[i])
     cw, cb = state.get("crit.cluster_weight"), state.get("crit.cluster_bias")
-    notes = []
-    if options["same_length"]:
-        notes.append("NVIDIA's same_length mask lets each query see mem_len + 1 keys, ours (the "
-                     "authors' and HuggingFace's) mem_len: scores with same_length differ slightly")
     return SourceModel(
         symbols=symbols, counts=counts, options=options, embed_tables=tables,
         embed_projs=embed_projs, out_weights=out_w, out_biases=out_b, out_projs=out_projs,
@@ -318,7 +321,7 @@ def read_nvidia(checkpoint: str, vocab: Optional[str] = None, trust_pickle: bool
         cluster_bias=None if cb is None else cb.flip(0),
         layers=[_layer_from(state, f"layers.{l}.", False) for l in range(n_layer)],
         r_w_bias=state["r_w_bias"], r_r_bias=state["r_r_bias"],
-        tokens_per_sample=int(cfg.get("tgt_len") or 128), notes=notes,
+        tokens_per_sample=int(cfg.get("tgt_len") or 128),
     )
 
 
@@ -453,6 +456,7 @@ def model_arguments(opts: Dict[str, object], n_token: int) -> List[str]:
         args += [f"--{name.replace('_', '-')}", str(opts[name])]
     cutoffs = opts["cutoffs"] or [n_token]  # none: one >= the vocabulary is dropped by the model
     args += ["--cutoffs", ",".join(str(c) for c in cutoffs)]
+    args += ["--same-length-mask", opts.get("same_length_mask", "authors")]
     for flag in ("same_length", "pre_lnorm", "tie_r", "untie_weight", "untie_projs"):
         if opts[flag]:
             args.append(f"--{flag.replace('_', '-')}")
@@ -478,8 +482,6 @@ def convert(src: SourceModel, out_dir: str, eos_symbol: str = "<eos>", unk_symbo
     model.load_state_dict(state, strict=True)
     path = os.path.join(out_dir, checkpoint_name)
     save_checkpoint(model, cfg, path)
-    for note in src.notes:
-        logger.warning(note)
     logger.info("wrote %s and %s (%d symbols, cutoffs %s)", path, os.path.join(out_dir, "dict.txt"),
                 len(vmap.source_id), vmap.cutoffs)
     return model, path

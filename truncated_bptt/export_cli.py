@@ -25,7 +25,8 @@ def parse_args(argv=None):
                                                "(default: the checkpoint's)")
     p.add_argument("--clamp-len", type=int, help="clamp relative distances (default: the checkpoint's)")
     p.add_argument("--same-length", choices=["true", "false"],
-                   help="every query sees mem_len keys (default: the checkpoint's)")
+                   help="every query sees the same number of keys, by the checkpoint's "
+                        "same_length_mask (default: the checkpoint's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="dtype of the exported weights (log-probs are always fp32)")
     return p.parse_args(argv)

@@ -11,10 +11,15 @@ generation state, checkpoints (as a list of per-layer tensors) and the carried m
 ``--carry-memory`` all use it.
 """
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import List, Optional
 
 import torch
 from torch import Tensor
+
+
+# The same_length masks (MemoryOptions.same_length_mask, relative_attention.attention_mask).
+SAME_LENGTH_MASKS = ("authors", "nvidia")
 
 
 @dataclass(frozen=True)
@@ -24,20 +29,29 @@ class MemoryOptions:
 
     mem_len: positions of every layer's input kept as memory (0: none).
     clamp_len: relative distances above it use the encoding of ``clamp_len`` (<= 0: no clamp).
-    same_length: every query sees the same number (``mem_len``) of keys.
+    same_length: every query sees the same number of keys (see ``same_length_mask``).
     zero_initial_memory: streams start with ``mem_len`` zero vectors (HuggingFace's start) instead
         of empty memory.
+    same_length_mask: which same_length mask: "authors" (the authors' and HuggingFace's code: each
+        query sees its ``mem_len`` most recent keys, itself included) or "nvidia" (NVIDIA
+        DeepLearningExamples' code: ``mem_len + 1``). Converted NVIDIA checkpoints use "nvidia".
     """
     mem_len: int = 0
     clamp_len: int = -1
     same_length: bool = False
     zero_initial_memory: bool = False
+    same_length_mask: str = "authors"
 
     def __post_init__(self):
         if self.mem_len < 0:
             raise ValueError(f"mem_len must be >= 0, got {self.mem_len}")
         if self.same_length and self.mem_len <= 0:
             raise ValueError("same_length needs mem_len > 0 (each query sees mem_len keys); set --mem-len")
+        if self.same_length_mask not in SAME_LENGTH_MASKS:
+            raise ValueError(
+                f"same_length_mask must be 'authors' or 'nvidia', got {self.same_length_mask!r}; "
+                "e.g. --same-length-mask nvidia or --model-overrides \"{'same_length_mask': 'nvidia'}\""
+            )
 
     @classmethod
     def from_config(cls, cfg) -> "MemoryOptions":
@@ -53,6 +67,8 @@ class MemoryOptions:
                     f"{value!r}; e.g. --model-overrides \"{{'{name}': "
                     f"{'True' if kind is bool else 640}}}\""
                 )
+        mask = getattr(cfg, "same_length_mask", "authors")  # absent from older checkpoints
+        values["same_length_mask"] = mask.value if isinstance(mask, Enum) else mask  # ChoiceEnum
         return cls(**values)
 
 

@@ -93,20 +93,30 @@ def expand_clamped_positions(position: Tensor, klen: int) -> Tensor:
 
 
 def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
-                   device: Optional[torch.device] = None) -> Tensor:
+                   device: Optional[torch.device] = None, same_length_mask: str = "authors") -> Tensor:
     """Boolean mask ``[qlen, mlen + qlen]``, True where query ``i`` must NOT see key ``j``.
 
     Query ``i`` sits at key position ``p = mlen + i``. Causal: keys ``j > p`` are masked.
-    ``same_length`` (the authors' variant): additionally keys at distance ``p - j >= mem_len`` are
-    masked, so every query sees exactly the ``mem_len`` most recent keys including itself (fewer only
-    where fewer exist). With a full memory (``mlen == mem_len``) the oldest memory key is therefore
-    never seen, exactly as in the authors' code.
+    ``same_length`` additionally masks the keys far behind the query, so every query sees the same
+    number of keys (fewer only where fewer exist); ``same_length_mask`` says how many:
+
+    - "authors" (the authors' and HuggingFace's code): distances ``p - j >= mem_len`` are masked, so
+      a query sees its ``mem_len`` most recent keys including itself. With a full memory
+      (``mlen == mem_len``) the oldest memory key is therefore never seen.
+    - "nvidia" (NVIDIA DeepLearningExamples' code): distances ``p - j > mem_len`` are masked, so a
+      query sees ``mem_len + 1`` keys.
     """
+    if same_length_mask == "authors":
+        window = mem_len
+    elif same_length_mask == "nvidia":
+        window = mem_len + 1
+    else:
+        raise ValueError("same_length_mask must be 'authors' or 'nvidia'")
     p = torch.arange(mlen, mlen + qlen, device=device).unsqueeze(1)
     j = torch.arange(mlen + qlen, device=device).unsqueeze(0)
     mask = j > p
     if same_length:
-        mask = mask | (p - j >= mem_len)
+        mask = mask | (p - j >= window)
     return mask
 
 

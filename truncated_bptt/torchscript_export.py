@@ -74,6 +74,7 @@ class TransformerXLScorer(nn.Module):
         cfg, opts = decoder.cfg, decoder.memory_options
         self.d_model = cfg.d_model
         self.mem_len, self.clamp_len, self.same_length = opts.mem_len, opts.clamp_len, opts.same_length
+        self.same_length_mask = opts.same_length_mask
         self.symbols = list(symbols)
         self.pad, self.eos = decoder.dictionary.pad(), decoder.dictionary.eos()
         embed, softmax = decoder.embed, decoder.softmax
@@ -118,7 +119,8 @@ class TransformerXLScorer(nn.Module):
         h = self.embed(tokens)
         qlen = tokens.size(1)
         mlen = mems[0].size(1) if len(mems) > 0 else 0
-        mask = attention_mask(qlen, mlen, self.same_length, self.mem_len, h.device)
+        mask = attention_mask(qlen, mlen, self.same_length, self.mem_len, h.device,
+                              self.same_length_mask)
         encodings = position_encodings(mlen + qlen, self.d_model, self.clamp_len, h.device, h.dtype,
                                        distinct=True)
         context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get())

@@ -70,7 +70,15 @@ class TransformerXLConfig(FairseqDataclass):
                                       "(<= 0: no clamp)"}
     )
     same_length: bool = field(
-        default=False, metadata={"help": "every query sees the same number (mem_len) of keys"}
+        default=False, metadata={"help": "every query sees the same number of keys (mem_len, or "
+                                         "mem_len + 1 with --same-length-mask nvidia)"}
+    )
+    same_length_mask: ChoiceEnum(["authors", "nvidia"]) = field(
+        default="authors", metadata={"help": "the same_length mask: authors (the authors' and "
+                                             "HuggingFace's code: a query sees its mem_len most "
+                                             "recent keys, itself included) or nvidia (NVIDIA "
+                                             "DeepLearningExamples' code: mem_len + 1 keys; set by "
+                                             "truncated-bptt-convert nvidia)"}
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
     dropatt: float = field(default=0.0, metadata={"help": "dropout on attention probabilities"})
@@ -314,7 +322,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         opts = self.memory_options
         mask = None
         if qlen > 1 or opts.same_length:
-            mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, device=like.device)
+            mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, like.device,
+                                  opts.same_length_mask)
         # Distinct clamped distances only, unless dropout gives each encoding row its own mask.
         distinct = not (self.training and self.cfg.dropout > 0.0)
         encodings = position_encodings(mlen + qlen, self.cfg.d_model, opts.clamp_len, like.device,
@@ -438,7 +447,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         super()._load_from_state_dict(*args, **kwargs)
 
     def set_memory_options(self, **changes) -> None:
-        """Change ``mem_len`` / ``clamp_len`` / ``same_length`` / ``zero_initial_memory`` (validated)."""
+        """Change ``mem_len`` / ``clamp_len`` / ``same_length`` / ``zero_initial_memory`` /
+        ``same_length_mask`` (validated)."""
         self.memory_options = dataclasses.replace(self.memory_options, **changes)
         self.invalidate_inference_caches()
 

@@ -28,6 +28,7 @@ from omegaconf import II, OmegaConf
 from truncated_bptt import generation
 from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
 from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
+from truncated_bptt.example_layout import ExampleLayoutDataset
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -53,6 +54,13 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
     disable_tf32: bool = field(
         default=False,
         metadata={"help": "keep fp32 matmuls in full fp32 precision (TF32 is on by default)"},
+    )
+    data_layout: ChoiceEnum(["streams", "fairseq_example"]) = field(
+        default="streams",
+        metadata={"help": "streams: contiguous streams in which every token is a target once; "
+                          "fairseq_example: the batches of fairseq's examples/truncated_bptt "
+                          "(blocks of --tokens-per-sample tokens, the first of each never a "
+                          "target), to reproduce that example's runs exactly"},
     )
     carry_memory: bool = field(
         default=False,
@@ -201,7 +209,9 @@ class TruncatedBPTTLMTask(FairseqTask):
                 f"{num_streams} streams (--batch-size {max_sentences} x {num_shards} processes) "
                 "need: lower --batch-size (--batch-size-valid for validation)"
             )
-        streams = StreamDataset(
+        layout = ExampleLayoutDataset if self._root_setting(
+            "data_layout", int_value=False) == "fairseq_example" else StreamDataset
+        streams = layout(
             dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
             pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
         )
