@@ -24,6 +24,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 
 import torch

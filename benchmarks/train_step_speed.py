@@ -19,7 +19,6 @@ Prints one JSON line (prefixed with `RESULT `) for benchmarks/compare.py.
 import argparse
 import inspect
 import json
-import os
 import statistics
 import sys
 import time

@@ -5,6 +5,7 @@ layer and adaptive softmax written out below; benchmarks/compare.py's per-cluste
 against fairseq's own binarization, and its log parsing against fairseq-train's json log lines.
 """
 import argparse
+import os
 
 import pytest
 import torch
@@ -177,7 +178,7 @@ def test_quality_plan_pairs_every_seed(tmp_path):
 
 
 def test_quality_plot_states_the_per_token_conversion(tmp_path):
-    import quality_plot
+    from benchmarks import quality_plot
 
     curve = [{"update": 25, "wall": 10.0, "ppl": 900.0}, {"update": 50, "wall": 20.0, "ppl": 700.0}]
     runs = {label: {**quality_run(impl, budget, 1, 500.0, matched, curve), "name": label,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import parse_eval_lm
-from fairseq_cli import USER_DIR, preprocess, run, write_lines
+from fairseq_commands import USER_DIR, preprocess, run, write_lines
 
 COMMON = ["--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--tokens-per-sample", "16",
           "--batch-size", "4", "--cpu"]

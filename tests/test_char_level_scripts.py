@@ -11,7 +11,7 @@ from fairseq.data import Dictionary, data_utils
 from fairseq.data.encoders.byte_utils import BCHAR_TO_BYTE
 
 from examples.fairseq_logs import parse_eval_lm
-from fairseq_cli import ROOT, USER_DIR, run
+from fairseq_commands import ROOT, USER_DIR, run
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("char_level_corpus")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from examples.fairseq_logs import parse_eval_lm
-from fairseq_cli import ROOT, USER_DIR, cli_env, run
+from fairseq_commands import ROOT, USER_DIR, cli_env, run
 from inference_models import binarize, stream_segments
 from truncated_bptt import checkpoint_conversion as cc
 

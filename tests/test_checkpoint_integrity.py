@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import by_update, parse_training_log
-from fairseq_cli import USER_DIR, run
+from fairseq_commands import USER_DIR, run
 from truncated_bptt import checkpoint_integrity as ci
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import parse_record
-from fairseq_cli import USER_DIR, preprocess, run, write_lines
+from fairseq_commands import USER_DIR, preprocess, run, write_lines
 from inference_models import small_decoder, tokens
 from truncated_bptt.compiled_layers import CompiledLayers
 

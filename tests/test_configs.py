@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from examples.fairseq_logs import parse_training_log
-from fairseq_cli import ROOT, USER_DIR, run
+from fairseq_commands import ROOT, USER_DIR, run
 
 CONFIGS = os.path.join(ROOT, "configs")
 

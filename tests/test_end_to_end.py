@@ -7,7 +7,7 @@ import math
 import os
 
 from examples.fairseq_logs import parse_eval_lm, parse_training_log
-from fairseq_cli import ROOT, USER_DIR, run
+from fairseq_commands import ROOT, USER_DIR, run
 
 
 def test_preprocess_train_eval(tmp_path, cycle_corpus, cycle_text):

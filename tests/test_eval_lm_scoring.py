@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import parse_eval_lm
-from fairseq_cli import USER_DIR, run
+from fairseq_commands import USER_DIR, run
 from inference_models import binarize, tiny_model
 from truncated_bptt.fairseq_checkpoint import build_model, save_checkpoint
 

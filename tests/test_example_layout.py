@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from fairseq_cli import cli_env
+from fairseq_commands import cli_env
 from truncated_bptt.example_layout import ExampleLayoutDataset
 
 PAD, EOS = 1, 2

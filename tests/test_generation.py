@@ -1,12 +1,11 @@
 """Generation with truncated_bptt_lm: one step per token over cached memory, scores equal to a plain
 full forward, --carry-memory across inputs, and the real fairseq-interactive / fairseq-generate."""
-import os
 
 import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from fairseq_cli import USER_DIR, run
+from fairseq_commands import USER_DIR, run
 from inference_models import binarize, tiny_checkpoint, tiny_model
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fairseq_cli import ROOT, cli_env
+from fairseq_commands import ROOT, cli_env
 
 # Beside the --compile tests: their graphs are the ones the tiny compiled run needs (inductor cache).
 pytestmark = pytest.mark.xdist_group("torch_compile")

@@ -5,7 +5,7 @@ import os
 import hydra
 import pytest
 
-from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
+from fairseq_commands import ROOT, USER_DIR, preprocess, run, write_lines
 from truncated_bptt import hydra_compat
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import by_update, parse_training_log
-from fairseq_cli import USER_DIR, run
+from fairseq_commands import USER_DIR, run
 
 import truncated_bptt  # noqa: F401  (registers nvidia_lamb / cosine_warmup)
 from truncated_bptt.cosine_warmup_scheduler import cosine_warmup_lr

@@ -11,7 +11,7 @@ import torch
 from fairseq.data import Dictionary, data_utils
 
 from examples.fairseq_logs import parse_training_log
-from fairseq_cli import ROOT, USER_DIR, run, write_lines
+from fairseq_commands import ROOT, USER_DIR, run, write_lines
 from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).

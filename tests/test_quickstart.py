@@ -8,7 +8,7 @@ import pytest
 
 from examples.fairseq_logs import by_update, parse_training_log
 from examples.quickstart import make_corpus, quickstart
-from fairseq_cli import ROOT, cli_env
+from fairseq_commands import ROOT, cli_env
 
 
 def _documents(lines):

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from fairseq_cli import ROOT, USER_DIR, cli_env  # noqa: F401  (tests/fairseq_cli.py)
+from fairseq_commands import ROOT, USER_DIR, cli_env  # noqa: F401  (tests/fairseq_commands.py)
 
 
 def test_import_registers_every_component():

@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from examples.fairseq_logs import parse_eval_lm
-from fairseq_cli import ROOT, USER_DIR, run, write_lines
+from fairseq_commands import ROOT, USER_DIR, run, write_lines
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("subword_corpus")

@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from examples.fairseq_logs import parse_training_log
-from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
+from fairseq_commands import ROOT, USER_DIR, preprocess, run, write_lines
 
 # One worker builds the module's corpus and model once (scripts/test.sh: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("tensorboard_run")

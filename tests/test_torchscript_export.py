@@ -1,14 +1,13 @@
 """TorchScript export: the scripted scorer, loaded in a process where fairseq and the plugin cannot be
 imported, gives the eager model's log-probs over consecutive segments with memory."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fairseq_cli import ROOT, cli_env
+from fairseq_commands import ROOT, cli_env
 from inference_models import stream_segments, tiny_checkpoint, tiny_model
 from truncated_bptt import export_cli
 from truncated_bptt.torchscript_export import TransformerXLScorer, export_scorer

@@ -458,7 +458,7 @@ def test_cli_train_with_checkpointed_activations_then_eval_lm_with_overrides(tmp
     """The preset through fairseq-train (activation checkpointing + offloading) and fairseq-eval-lm
     with the example's --model-overrides."""
     from examples.fairseq_logs import parse_eval_lm
-    from fairseq_cli import USER_DIR, run
+    from fairseq_commands import USER_DIR, run
 
     data = cycle_corpus(str(tmp_path), {"train": (40, 0), "valid": (8, 0)})
     log = run(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from examples.fairseq_logs import by_update, parse_eval_lm, parse_training_log, parse_word_probs
-from fairseq_cli import BIN, USER_DIR, cli_env, preprocess, run, write_lines
+from fairseq_commands import BIN, USER_DIR, cli_env, preprocess, run, write_lines
 
 WORDS_PER_LINE = 7
 SIZES = {"train": 480, "valid": 90, "test": 61}
@@ -300,7 +300,7 @@ BAD_INPUT = [
 # case in one process, to pay fairseq's import time once; prints one JSON line per case.
 DRIVER = """
 import json, sys
-from fairseq_cli import eval_lm, train
+from fairseq_commands import eval_lm, train
 for tool, argv in json.loads(sys.argv[1]):
     sys.argv = ["fairseq-" + tool.replace("_", "-")] + argv
     try:

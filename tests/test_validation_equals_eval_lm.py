@@ -11,7 +11,7 @@ import random
 import pytest
 
 from examples.fairseq_logs import by_update, parse_eval_lm, parse_training_log
-from fairseq_cli import ROOT, USER_DIR, preprocess, run, write_lines
+from fairseq_commands import ROOT, USER_DIR, preprocess, run, write_lines
 
 TOKENS_PER_SAMPLE, STREAMS = 32, 4
 MODEL = ["--arch", "transformer_xl", "--n-layer", "2", "--d-model", "64", "--n-head", "2",

@@ -9,7 +9,7 @@ import pytest
 
 from examples.fairseq_logs import final_update, parse_eval_lm, parse_training_log
 from examples.wikitext103 import batch_overrides
-from fairseq_cli import ROOT, cli_env, run, write_lines
+from fairseq_commands import ROOT, cli_env, write_lines
 
 SCRIPTS = os.path.join(ROOT, "examples", "wikitext103")
 

@@ -4,15 +4,13 @@ The batches come from the task's own eval-lm iterator over a binarized split, th
 fairseq's own ``eval_lm`` loop and ``SequenceScorer``, and the model is a fixed unigram
 distribution whose probabilities are powers of two, so every total is a whole number of bits.
 """
-import importlib.util
 import logging
 import math
-import os
 
-import fairseq
 import pytest
 import torch
 from fairseq.data import Dictionary
+from fairseq_cli.eval_lm import eval_lm  # fairseq-eval-lm's own scoring loop
 
 from inference_models import binarize
 from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
@@ -28,18 +26,6 @@ TOKENS = 5 + 5 + 1 + 3
 WORDS = 4 + 3 + 1 + 3  # the cat sat </s> | Xs the </s> | </s> | at c </s>
 
 
-def _fairseq_eval_lm():
-    """fairseq-eval-lm's scoring loop, ``fairseq_cli/eval_lm.py:eval_lm`` (loaded by path: the
-    tests' own helper module ``fairseq_cli.py`` takes that package name here)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(fairseq.__file__)), "fairseq_cli",
-                        "eval_lm.py")
-    spec = importlib.util.spec_from_file_location("fairseq_eval_lm_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.eval_lm
-
-
-eval_lm = _fairseq_eval_lm()
 
 
 class UnigramModel(torch.nn.Module):

@@ -19,7 +19,7 @@ memory left by the previous inputs and their outputs, i.e. over the stream
 input is done, the tokens of its best hypothesis are run once (in parallel, not step by step) over
 the carried memory to produce the memory for the next input.
 """
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
