@@ -9,6 +9,7 @@ import fairseq
 import pytest
 from fairseq import checkpoint_utils, options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import OmegaConf
 
 import truncated_bptt  # noqa: F401  (registers the task and model the command line names)
 from truncated_bptt.checkpoint_schedule import SaveSchedule
@@ -29,10 +30,13 @@ def fairseq_train():
 
 @pytest.fixture(scope="module")
 def base_cfg():
+    """fairseq-train's configuration (defaults) as plain dicts of its groups."""
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["data", "--task", "truncated_bptt_lm", "--arch",
                                                 "transformer_xl_tiny", "--batch-size", "1"])
-    return convert_namespace_to_omegaconf(args)
+    cfg = convert_namespace_to_omegaconf(args)
+    return {group: OmegaConf.to_container(cfg[group], resolve=True)
+            for group in ("checkpoint", "optimization", "dataset")}
 
 
 OPTIONS = {
@@ -77,11 +81,10 @@ def test_the_schedule_announces_every_mid_epoch_save_fairseq_makes_and_no_other(
     combos = 0
     for values in itertools.product(*OPTIONS.values()):
         setting = dict(zip(OPTIONS, values))
-        cfg = base_cfg.copy()
-        for group in ("checkpoint", "optimization", "dataset"):
-            for key in setting:
-                if key in cfg[group]:
-                    cfg[group][key] = setting[key]
+        # (namespaces rather than the DictConfig: the same values, read 50x faster)
+        cfg = SimpleNamespace(**{
+            group: SimpleNamespace(**{k: setting.get(k, v) for k, v in values.items()})
+            for group, values in base_cfg.items()})
         schedule = SaveSchedule(**{k: v for k, v in setting.items()
                                    if k in SaveSchedule.__dataclass_fields__})
         for n, end_of_epoch, validated, saved in fairseq_decisions(fairseq_train, cfg, monkeypatch):
