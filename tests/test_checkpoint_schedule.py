@@ -28,14 +28,23 @@ def fairseq_train():
     return module
 
 
+def training_cfg(*extra):
+    """fairseq-train's configuration for a command line of this task."""
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "data", "--task", "truncated_bptt_lm", "--arch", "transformer_xl_tiny", "--batch-size", "1",
+        *extra])
+    return convert_namespace_to_omegaconf(args)
+
+
 @pytest.fixture(scope="module")
-def base_cfg():
-    """fairseq-train's configuration (defaults) as plain dicts of its groups."""
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, ["data", "--task", "truncated_bptt_lm", "--arch",
-                                                "transformer_xl_tiny", "--batch-size", "1"])
-    cfg = convert_namespace_to_omegaconf(args)
-    return {group: OmegaConf.to_container(cfg[group], resolve=True)
+def default_cfg():
+    return training_cfg()
+
+
+@pytest.fixture(scope="module")
+def base_cfg(default_cfg):
+    """fairseq-train's defaults as plain dicts of its groups."""
+    return {group: OmegaConf.to_container(default_cfg[group], resolve=True)
             for group in ("checkpoint", "optimization", "dataset")}
 
 
@@ -98,3 +107,18 @@ def test_the_schedule_announces_every_mid_epoch_save_fairseq_makes_and_no_other(
                 assert setting["stop_time_hours"] > 0 and setting["disable_validation"], case
         combos += 1
     assert combos == 2 ** len(OPTIONS)
+
+
+def test_the_task_reads_the_schedule_from_fairseqs_options(default_cfg):
+    """(The task reads the options through interpolations of its config into fairseq's groups.)"""
+    from fairseq.data import Dictionary
+
+    from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMTask
+
+    keeper = TruncatedBPTTLMTask(default_cfg.task, Dictionary()).memory_keeper
+    assert keeper.schedule == SaveSchedule() and not keeper.loss_scaling
+    cfg = training_cfg("--save-interval-updates", "5", "--max-update", "9",
+                       "--validate-after-updates", "7", "--no-save", "--patience", "3",
+                       "--stop-time-hours", "1.5", "--fp16")
+    keeper = TruncatedBPTTLMTask(cfg.task, Dictionary()).memory_keeper
+    assert keeper.schedule == SaveSchedule(5, 9, 7, True, 3, 1.5) and keeper.loss_scaling

@@ -8,8 +8,9 @@ tokens, so a Transformer-XL's memory always holds the text that really came befo
 empties it at the start of each pass: training memory never reaches validation and vice versa.
 
 Checkpoints taken mid-epoch hold the stream position and the streams' memory (gathered from all
-data-parallel ranks, only for the checkpoints fairseq-train will write), so ``--restore-file`` continues exactly where the run stopped
-(:mod:`truncated_bptt.stream_iterator`, :mod:`truncated_bptt.stream_memory`).
+data-parallel ranks for the checkpoints fairseq-train will write), so ``--restore-file`` continues
+exactly where the run stopped (:mod:`truncated_bptt.stream_iterator`,
+:mod:`truncated_bptt.stream_memory`).
 """
 import logging
 import os
