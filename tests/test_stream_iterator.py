@@ -20,7 +20,10 @@ def targets(itr):
 
 class RecordingKeeper:
     def __init__(self, mems=None):
-        self.mems, self.restored = mems, None
+        self.mems, self.restored, self.epoch_steps = mems, None, {}
+
+    def set_epoch_steps(self, memory_key, steps):
+        self.epoch_steps[memory_key] = steps
 
     def memory_for_checkpoint(self, memory_key):
         return self.mems
@@ -51,6 +54,7 @@ def test_workers_give_the_same_batches():
 def test_state_resumes_at_the_next_step_and_hands_back_this_ranks_rows():
     mems = [torch.arange(4 * 3 * 2.0).view(4, 3, 2) + 100 * layer for layer in range(2)]
     it = StreamEpochBatchIterator(dataset(num_shards=2, shard_id=0), memory_keeper=RecordingKeeper(mems))
+    assert it.memory_keeper.epoch_steps == {"train": len(it.dataset)}  # when the epoch ends
     epoch_itr = it.next_epoch_itr()
     seen = [next(epoch_itr) for _ in range(5)]
     state = it.state_dict()

@@ -5,8 +5,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 import torch
@@ -144,47 +146,201 @@ def test_data_directories_rotate_per_epoch(data, tmp_path):
 
 
 # ---------------------------------------------------------------- distributed
-def torchrun(nproc, *args):
-    """fairseq-train in ``nproc`` CPU processes started by torchrun. Each process is told its rank
-    and the init method explicitly: fairseq-fixed (py311) ignores torchrun's environment when
-    there is at most one CUDA device, and then divides by the (zero) CUDA device count."""
-    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), "--no-python",
-           "bash", "-c", 'exec "$0" "$@" --distributed-rank "$RANK"',
-           os.path.join(BIN, "fairseq-train"), *[str(a) for a in args],
-           "--distributed-world-size", str(nproc), "--distributed-init-method", "env://",
-           "--distributed-no-spawn"]
-    proc = subprocess.run(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+def torchrun_command(nproc, *args, program=None):
+    """``program`` (default: fairseq-train) with ``args`` in ``nproc`` CPU processes started by
+    torchrun. Each process is told its rank and the init method explicitly: fairseq-fixed (py311)
+    ignores torchrun's environment when there is at most one CUDA device, and then divides by the
+    (zero) CUDA device count."""
+    program = program or [os.path.join(BIN, "fairseq-train")]
+    return [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), "--no-python",
+            "bash", "-c", 'exec "$0" "$@" --distributed-rank "$RANK"',
+            *program, *[str(a) for a in args],
+            "--distributed-world-size", str(nproc), "--distributed-init-method", "env://",
+            "--distributed-no-spawn"]
+
+
+def torchrun(nproc, *args, program=None):
+    proc = subprocess.run(torchrun_command(nproc, *args, program=program), env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
 
-def test_two_processes_with_two_streams_each_equal_one_process_with_four(data, tmp_path):
-    """W=2, B=2 (gloo on CPU, stopped mid-epoch and resumed, so the memory of both ranks goes
-    through the checkpoint) gives the per-update losses and parameters of W=1, B=4. Dropout is 0
-    here: each process draws its own dropout masks, so with dropout only the statistics agree."""
-    common = ["--tokens-per-sample", "8", "--disable-validation", "--no-epoch-checkpoints",
-              "--dropout", "0"]
-    single = train(data, tmp_path / "w1", *common, "--batch-size", "4", "--max-update", "14")
-    dist = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
-    args = [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir",
-            tmp_path / "w2", *TINY, *common, *dist, "--batch-size", "2"]
-    first = torchrun(2, *args, "--max-update", "8", "--save-interval-updates", "8")
-    # two processes with 2 streams each took part in every update
-    assert {r["bsz"] for r in parse_training_log(first)["train"]} == {4}
-    # Rank 0 reads the checkpoint and broadcasts it (a pickle that torch.load(weights_only=True)
-    # accepts thanks to the plugin's allow-list).
-    resumed = torchrun(2, *args, "--max-update", "14")
-    assert "restored the memory of streams 0-1 at step 8" in resumed  # (rank 1 does not log)
-    expected = losses(single)
-    got = {**losses(first), **losses(resumed)}
-    assert sorted(got) == list(range(1, 15))
+def gathers(log):
+    """[(update, why)] of the memory gathers rank 0 logged."""
+    return [(int(u), why) for u, why in
+            re.findall(r"gathered the memory of \d+ training streams .* at update (\d+), (.*)$",
+                       log, re.M)]
+
+
+def worker_pids(launcher_pid):
+    """{rank: process id} of torchrun's workers (children of ``launcher_pid``, in their own
+    sessions)."""
+    pids = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
+        if parent == launcher_pid and ranks:
+            pids[int(ranks[0])] = int(pid)
+    return pids
+
+
+def stop_job(proc):
+    """End a torchrun job that is still running: its workers, then torchrun."""
+    if proc.poll() is None:
+        for pid in worker_pids(proc.pid).values():
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+    proc.wait()
+
+
+def wait_for_file(path, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_rank_killed_mid_run_and_the_restarted_job_end_as_the_uninterrupted_run(data, tmp_path):
+    """W=2, B=2 (gloo on CPU), validating and saving every 4 updates and at the end of the epoch
+    (9 steps of 16 tokens; 12 updates). Rank 1 is SIGKILLed as soon as checkpoint_1_4.pt exists
+    (8 updates before the end); torchrun ends the job; the same command restarted resumes (with
+    both ranks' memory) and ends with the weights of an uninterrupted 2-process run, bit for bit,
+    and the per-update losses of 1 process with 4 streams (to float rounding: gradients are summed
+    in another order). Memory is gathered only for the mid-epoch checkpoints (not for the one
+    ending the epoch, nor for validations). Dropout is 0: each process draws its own dropout
+    masks, so with dropout only the statistics would agree with one process."""
+    common = ["--tokens-per-sample", "16", "--no-epoch-checkpoints", "--dropout", "0",
+              "--max-update", "12", "--save-interval-updates", "4"]
+    single = train(data, tmp_path / "w1", *common, "--batch-size", "4", "--disable-validation")
+
+    def args(save_dir):
+        return [data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir", save_dir,
+                *TINY, *common, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+                "--batch-size", "2"]
+
+    full = torchrun(2, *args(tmp_path / "full"))
+    assert '"bsz": "4"' in full  # two processes with 2 streams each took part
+    assert gathers(full) == [(4, "for the checkpoint"), (8, "for the checkpoint"),
+                             (12, "for the checkpoint")]  # not at 9, which ends the epoch
+
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(torchrun_command(2, *args(tmp_path / "w2")), env=cli_env(),
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for_file(tmp_path / "w2" / "checkpoint_1_4.pt", proc)
+            os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)
+            proc.wait(timeout=300)
+        finally:
+            stop_job(proc)
+    killed = (tmp_path / "killed.log").read_text()
+    assert proc.returncode != 0 and "SIGKILL" in killed, killed[-3000:]
+    assert "done training" not in killed
+
+    resumed = torchrun(2, *args(tmp_path / "w2"))
+    restored = re.search(r"restored the memory of streams 0-1 at step (\d+)", resumed)
+    assert restored, "the restarted job did not restore the streams' memory"
+    step = int(restored.group(1))
+    assert step >= 4 and sorted(losses(resumed)) == list(range(step + 1, 13))
+    a = params(tmp_path / "full" / "checkpoint_last.pt")
+    b = params(tmp_path / "w2" / "checkpoint_last.pt")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # bit-identical
+
+    expected, got = losses(single), losses(full)
+    assert sorted(got) == list(range(1, 13))
     for u in got:
         assert got[u] == pytest.approx(expected[u], abs=2e-3), u
-    a, b = params(tmp_path / "w1" / "checkpoint_last.pt"), params(tmp_path / "w2" / "checkpoint_last.pt")
+    a = params(tmp_path / "w1" / "checkpoint_last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+# Runs fairseq-train's entry point after making update 5's first attempt overflow in
+# fp16 (its loss scale set to inf: the scaled loss and every gradient overflow, and fairseq's
+# DynamicLossScaler raises OverflowError as for any overflow; the scale is then put back so that
+# the run goes on as before). fairseq's overflow path makes its zero gradient norm with .cuda()
+# (written for GPUs): on CPU that returns the tensor itself. Memory is gathered in 1000-byte
+# chunks (several per layer, the last one shorter). At every save each rank records its live
+# training memory and position, and rank 0 keeps a copy of the checkpoint just written.
+OVERFLOW_DRIVER = """
+import os, shutil, sys
+import torch
+from fairseq import checkpoint_utils
+from fairseq.trainer import Trainer
+from fairseq_cli import train
+from truncated_bptt import memory_gather
+
+memory_gather.CHUNK_BYTES = 1000
+torch.Tensor.cuda = lambda self, *args, **kwargs: self
+overflow_at = 4  # the update after the first save
+original_train_step, forced = Trainer.train_step, []
+
+def train_step(self, samples, raise_oom=False):
+    force = self.get_num_updates() == overflow_at and not forced
+    if force:
+        forced.append(self.optimizer.scaler.loss_scale)
+        self.optimizer.scaler.loss_scale = float("inf")
+    try:
+        return original_train_step(self, samples, raise_oom)
+    finally:
+        if force:
+            self.optimizer.scaler.loss_scale = forced[0]
+
+original_save, saves = checkpoint_utils.save_checkpoint, []
+
+def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
+    memory = trainer.get_model().decoder.get_stream_memory("train")
+    name = os.path.join(cfg.save_dir, "save%d" % len(saves))
+    torch.save({"num_updates": trainer.get_num_updates(), "position": epoch_itr.iterations_in_epoch,
+                "mems": memory.to_checkpoint()}, name + "_rank%d.pt" % trainer.data_parallel_rank)
+    saves.append(name)
+    result = original_save(cfg, trainer, epoch_itr, val_loss)
+    if trainer.data_parallel_rank == 0:
+        shutil.copy(os.path.join(cfg.save_dir, "checkpoint_last.pt"), name + ".pt")
+    return result
+
+Trainer.train_step = train_step
+checkpoint_utils.save_checkpoint = save_checkpoint
+sys.argv = ["fairseq-train"] + sys.argv[1:]
+train.cli_main()
+"""
+
+
+def test_a_save_repeated_after_an_fp16_overflow_holds_the_memory_of_both_ranks(data, tmp_path):
+    """fairseq-train --fp16 in 2 processes, saving every 4 updates, --disable-validation: update 5
+    overflows at its first attempt, so fairseq saves again "at 4 updates" with the streams one
+    segment further (nothing runs on every rank in between). Every checkpoint, that one included,
+    holds the position and the memory the two ranks had when it was written."""
+    save_dir = tmp_path / "ck"
+    out = torchrun(2, data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--save-dir",
+                   save_dir, *TINY, "--fp16", "--fp16-no-flatten-grads", "--tokens-per-sample", "8",
+                   "--batch-size", "2", "--max-update", "6", "--save-interval-updates", "4",
+                   "--disable-validation", "--no-epoch-checkpoints", "--distributed-backend",
+                   "gloo", "--ddp-backend", "legacy_ddp",
+                   program=[os.path.join(BIN, "python"), "-c", OVERFLOW_DRIVER])
+    assert "gradient overflow detected" in out
+    assert "was not gathered" not in out
+    assert gathers(out) == [(4, "for the checkpoint"), (4, "in case this update overflows"),
+                            (4, "in case this update overflows"), (6, "for the checkpoint")]
+    live = [[torch.load(save_dir / f"save{i}_rank{r}.pt", weights_only=True) for r in (0, 1)]
+            for i in range(3)]
+    assert [(l0["num_updates"], l0["position"]) for l0, _ in live] == [(4, 4), (4, 5), (6, 7)]
+    for i, ranks in enumerate(live):
+        state = torch.load(save_dir / f"save{i}.pt", weights_only=True)["extra_state"]["train_iterator"]
+        assert state["iterations_in_epoch"] == ranks[0]["position"]
+        saved = state["stream_memory"]["mems"]
+        assert saved[0].dtype == torch.float16 and saved[0].size(0) == 4
+        for layer, m in enumerate(saved):
+            assert torch.equal(m, torch.cat([r["mems"][layer] for r in ranks])), (i, layer)
 
 
 def test_one_process_checkpoint_resumes_in_two_processes_with_the_same_streams(data, tmp_path):
@@ -300,7 +456,7 @@ BAD_INPUT = [
 # case in one process, to pay fairseq's import time once; prints one JSON line per case.
 DRIVER = """
 import json, sys
-from fairseq_commands import eval_lm, train
+from fairseq_cli import eval_lm, train
 for tool, argv in json.loads(sys.argv[1]):
     sys.argv = ["fairseq-" + tool.replace("_", "-")] + argv
     try:

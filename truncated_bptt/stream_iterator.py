@@ -45,6 +45,8 @@ class StreamEpochBatchIterator(iterators.EpochBatchIterator):
             skip_remainder_batch=skip_remainder_batch,
         )
         self.memory_keeper = memory_keeper
+        if memory_keeper is not None:
+            memory_keeper.set_epoch_steps(dataset.memory_key, len(dataset))
 
     def state_dict(self):
         state = super().state_dict()

@@ -3,27 +3,36 @@
 A mid-epoch checkpoint must hold, besides the position in the streams, the memory each stream has
 built up, or a resumed run would continue its streams with empty memory. fairseq writes checkpoints
 on data-parallel rank 0 only, and calls nothing on the other ranks at that moment (outside FSDP),
-so the memory of all ranks is gathered to rank 0 earlier, at points where all ranks take part:
+so the memory of all ranks is gathered to rank 0's host earlier, at a point where all ranks take
+part, and only when a mid-epoch checkpoint will follow (:mod:`truncated_bptt.checkpoint_schedule`):
 
-- after the optimizer step of an update that may be followed by a checkpoint (every
-  ``--save-interval-updates`` updates, and at ``--max-update``);
-- at the start of every validation (fairseq validates before every mid-epoch save it makes for
-  other reasons, e.g. ``--stop-time-hours`` or patience).
+- after the optimizer step of an update after which fairseq saves mid-epoch
+  (``--save-interval-updates``, ``--max-update``);
+- at the start of a mid-epoch validation when ``--patience`` or ``--stop-time-hours`` may make
+  fairseq save after it;
+- with fp16 loss scaling, also after each training segment of the update that follows such a save:
+  if that update overflows, fairseq saves again at the same update count with one segment more,
+  and nothing runs on every rank between the overflow and that save.
 
-A snapshot is only used if no training segment was processed after it; otherwise the checkpoint is
-written without memory and a warning says so (resuming from it then starts with empty memory).
-With a single process no gathering is needed: the live memory is read at save time.
+The gather goes through rank 0's host in chunks (:mod:`truncated_bptt.memory_gather`), so rank 0's
+accelerator holds at most one chunk of it whatever the number of ranks. A gathered snapshot is used
+only if no training segment was processed after it (it is dropped at the next segment); a mid-epoch
+checkpoint without one (``--stop-time-hours`` with ``--disable-validation``) is written without
+memory and a warning says so. With a single process nothing is gathered: the live memory is read
+at save time.
 
 On resume each rank receives its own streams' rows, which are handed to the model just before its
 first training forward.
 """
 import logging
-from typing import List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from fairseq.distributed import utils as distributed_utils
 
+from truncated_bptt.checkpoint_schedule import SaveSchedule
 from truncated_bptt.memory import XLMemory
+from truncated_bptt.memory_gather import gather_memory_to_host
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,14 @@ def _decoder(model):
     return model.decoder
 
 
+class Snapshot(NamedTuple):
+    """The memory of all streams of ``memory_key`` after ``segments_seen`` training segments
+    (rank 0: n_layer CPU tensors [S, M, d]; other ranks and memory-less models: None)."""
+    segments_seen: int
+    memory_key: str
+    mems: Optional[List[torch.Tensor]]
+
+
 class StreamMemoryKeeper:
     """Snapshots, gathers and restores the memory of the training streams.
 
@@ -40,18 +57,26 @@ class StreamMemoryKeeper:
     checkpoints hold a list (one entry per layer) of [S, M, d_model] CPU tensors, rows in global
     stream order (rank r's rows are r*B ... r*B+B-1).
 
-    ``save_interval_updates`` / ``max_update``: fairseq's options, which decide after which updates
-    a checkpoint may be written (0: unset).
+    ``schedule``: when fairseq-train saves. ``loss_scaling``: training with fp16 loss scaling
+    (``--fp16`` or ``--amp``, not ``--bf16``), whose overflowing updates repeat a save.
     """
 
-    def __init__(self, save_interval_updates: int = 0, max_update: int = 0):
-        self.save_interval_updates = save_interval_updates
-        self.max_update = max_update
+    def __init__(self, schedule: SaveSchedule = SaveSchedule(), loss_scaling: bool = False):
+        self.schedule = schedule
+        self.loss_scaling = loss_scaling
         self.model = None
         self.train_key: Optional[str] = None
         self.segments_seen = 0  # training segments processed by this process
-        self._snapshot = None  # (segments_seen, memory_key, gathered memory or None)
+        self.position = 0  # steps of the training epoch read so far
+        self.num_updates = 0  # updates completed (as the optimizer steps count them)
+        self.epoch_steps: Dict[str, int] = {}  # memory_key -> steps of its current epoch
+        self._saved_after: Optional[int] = None  # update count of the last announced save
+        self._snapshot: Optional[Snapshot] = None
         self._pending = None  # (memory_key, segment_index, this rank's memory)
+
+    def set_epoch_steps(self, memory_key: str, steps: int):
+        """The number of steps of the epoch about to be read from ``memory_key``."""
+        self.epoch_steps[memory_key] = steps
 
     # ---- called by the task around training steps ----------------------------------------
     def before_train_forward(self, model, sample):
@@ -59,6 +84,7 @@ class StreamMemoryKeeper:
         self.model = model
         net_input = sample["net_input"]
         self.train_key = net_input["memory_key"]
+        self.position = net_input["segment_index"] + 1
         if self._pending is None:
             return
         key, segment_index, mems = self._pending
@@ -73,37 +99,52 @@ class StreamMemoryKeeper:
         device = next(model.parameters()).device
         _decoder(model).set_stream_memory(key, XLMemory.from_checkpoint(mems, device))
 
-    def after_train_forward(self):
+    def after_train_forward(self, update_num: int):
+        """After the training segment of update ``update_num`` (counted from 0)."""
         self.segments_seen += 1
+        self._snapshot = None  # stale now; frees rank 0's copy
+        if self.loss_scaling and update_num == self._saved_after and not self._end_of_epoch():
+            self._snapshot_if_distributed("in case this update overflows")
 
     # ---- the snapshot policy: when other ranks' memory must reach rank 0 ----------------------
     def after_update(self, num_updates: int):
-        """After the optimizer step of update ``num_updates``: snapshot if a checkpoint may follow."""
-        every, last = self.save_interval_updates, self.max_update
-        if (every > 0 and num_updates % every == 0) or (last > 0 and num_updates >= last):
-            self._snapshot_if_distributed()
+        """After the optimizer step that completes update ``num_updates``."""
+        self.num_updates = num_updates
+        if self.schedule.saves_mid_epoch_after_update(num_updates, self._end_of_epoch()):
+            self._saved_after = num_updates
+            self._snapshot_if_distributed("for the checkpoint")
 
     def before_validation(self):
-        """fairseq validates before every mid-epoch checkpoint it writes for other reasons."""
-        self._snapshot_if_distributed()
+        if self._snapshot is None and self.schedule.may_save_mid_epoch_after_validation(
+                self._end_of_epoch()):
+            self._snapshot_if_distributed("in case a checkpoint follows this validation")
 
-    def _snapshot_if_distributed(self):
+    def _end_of_epoch(self) -> bool:
+        steps = self.epoch_steps.get(self.train_key)
+        return steps is not None and self.position >= steps
+
+    def _snapshot_if_distributed(self, why: str):
         if distributed_utils.get_data_parallel_world_size() > 1:
-            self.snapshot()
+            self.snapshot(why)
 
     # ---- checkpoint writing ------------------------------------------------------------------
-    def snapshot(self):
-        """Gather the training memory of all data-parallel ranks onto rank 0 (collective)."""
+    def snapshot(self, why: str = ""):
+        """Gather the training memory of all data-parallel ranks onto rank 0's host (collective)."""
         if self.model is None or self.train_key is None:
             return
-        group = distributed_utils.get_data_parallel_group()
-        world_size = distributed_utils.get_world_size(group)
         memory = _decoder(self.model).get_stream_memory(self.train_key)
-        gathered = None
+        mems = None
         if memory is not None:
-            gathered = gather_rows(torch.stack([h.detach() for h in memory.hiddens]), group,
-                                   world_size)
-        self._snapshot = (self.segments_seen, self.train_key, gathered)
+            group = distributed_utils.get_data_parallel_group()
+            mems = gather_memory_to_host(memory.hiddens, group)
+            if mems is not None:
+                logger.info(
+                    "gathered the memory of %d training streams (%.1f MiB) to the host at update "
+                    "%d, %s", mems[0].size(0),
+                    sum(m.numel() * m.element_size() for m in mems) / 2 ** 20, self.num_updates,
+                    why,
+                )
+        self._snapshot = Snapshot(self.segments_seen, self.train_key, mems)
 
     def memory_for_checkpoint(self, memory_key) -> Optional[List[torch.Tensor]]:
         """Memory of all S streams of ``memory_key`` at the current position (on rank 0), or None."""
@@ -112,14 +153,14 @@ class StreamMemoryKeeper:
         if distributed_utils.get_data_parallel_world_size() == 1:
             memory = _decoder(self.model).get_stream_memory(memory_key)
             return memory.to_checkpoint() if memory is not None else None
-        if self._snapshot is not None:
-            seen, key, gathered = self._snapshot
-            if seen == self.segments_seen and key == memory_key:
-                return list(gathered.unbind(0)) if gathered is not None else None
+        snap = self._snapshot
+        if snap is not None and snap.segments_seen == self.segments_seen and snap.memory_key == memory_key:
+            return snap.mems
         logger.warning(
             "the memory of the training streams of other ranks was not gathered for this "
-            "checkpoint (neither a --save-interval-updates/--max-update boundary nor a "
-            "validation preceded it); resuming from it will start the streams with empty memory"
+            "mid-epoch checkpoint (it was not announced by --save-interval-updates, --max-update "
+            "or a validation, e.g. --stop-time-hours with --disable-validation); resuming from it "
+            "will start the streams with empty memory"
         )
         return None
 
@@ -127,19 +168,3 @@ class StreamMemoryKeeper:
     def restore(self, memory_key, segment_index, mems: List[torch.Tensor]):
         """Give this rank's rows of ``memory_key`` to the model before it reads ``segment_index``."""
         self._pending = (memory_key, segment_index, mems)
-
-
-def gather_rows(tensor, group, world_size):
-    """Concatenate ``tensor`` [L, B, M, d] of all ranks along B onto data-parallel rank 0, on CPU.
-
-    Returns [L, W*B, M, d] on rank 0 and None elsewhere (the tensor itself when not distributed).
-    """
-    if world_size == 1:
-        return tensor.cpu().clone()
-    rank = distributed_utils.get_rank(group)
-    dst = torch.distributed.get_global_rank(group, 0)
-    parts = [torch.empty_like(tensor) for _ in range(world_size)] if rank == 0 else None
-    torch.distributed.gather(tensor.contiguous(), parts, dst=dst, group=group)
-    if rank != 0:
-        return None
-    return torch.cat([p.cpu() for p in parts], dim=1)

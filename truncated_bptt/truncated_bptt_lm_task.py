@@ -8,8 +8,9 @@ tokens, so a Transformer-XL's memory always holds the text that really came befo
 empties it at the start of each pass: training memory never reaches validation and vice versa.
 
 Checkpoints taken mid-epoch hold the stream position and the streams' memory (gathered from all
-data-parallel ranks), so ``--restore-file`` continues exactly where the run stopped
-(:mod:`truncated_bptt.stream_iterator`, :mod:`truncated_bptt.stream_memory`).
+data-parallel ranks for the checkpoints fairseq-train will write), so ``--restore-file`` continues
+exactly where the run stopped (:mod:`truncated_bptt.stream_iterator`,
+:mod:`truncated_bptt.stream_memory`).
 """
 import logging
 import os
@@ -29,6 +30,7 @@ from truncated_bptt import generation
 from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resume (issue 15)
 from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
 from truncated_bptt.example_layout import ExampleLayoutDataset
+from truncated_bptt.checkpoint_schedule import SaveSchedule
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -68,14 +70,20 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
                           "previous inputs and their outputs (one input per batch)"},
     )
     dataset_impl: Optional[ChoiceEnum(get_available_dataset_impl())] = II("dataset.dataset_impl")
-    # Read (not set) here to know when a checkpoint may follow an update, so that the memory of
-    # all ranks is gathered in time; not command-line options of the task.
+    # Read (not set) here to know when fairseq-train will write a mid-epoch checkpoint, so that
+    # the memory of all ranks is gathered in time (truncated_bptt/checkpoint_schedule.py); not
+    # command-line options of the task.
     save_interval_updates: int = II("checkpoint.save_interval_updates")
+    max_update: int = II("optimization.max_update")
+    validate_after_updates: int = II("dataset.validate_after_updates")
+    no_save: bool = II("checkpoint.no_save")
+    patience: int = II("checkpoint.patience")
+    stop_time_hours: float = II("optimization.stop_time_hours")
+    amp: bool = II("common.amp")
     # fairseq-eval-lm / -generate / -interactive 0.12 honour --fp16 but ignore --bf16: the task
     # casts the model it builds (fairseq-train casts it the same way itself).
     bf16: bool = II("common.bf16")
     fp16: bool = II("common.fp16")
-    max_update: int = II("optimization.max_update")
     # ---- fairseq-eval-lm: per-word figures of subword models (truncated_bptt/word_perplexity.py)
     word_pieces: Optional[ChoiceEnum(list(word_perplexity.SCHEMES))] = field(
         default=None,
@@ -93,8 +101,9 @@ class TruncatedBPTTLMTask(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.memory_keeper = StreamMemoryKeeper(
-            save_interval_updates=self._root_setting("save_interval_updates"),
-            max_update=self._root_setting("max_update"),
+            self._save_schedule(),
+            loss_scaling=bool(self._root_setting("fp16") or self._root_setting("amp"))
+            and not self._root_setting("bf16"),
         )
         self._warned_max_tokens = False
         self.word_scores = word_perplexity.from_task_config(cfg, dictionary)  # --word-pieces
@@ -308,12 +317,24 @@ class TruncatedBPTTLMTask(FairseqTask):
         result = super().train_step(
             sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs
         )
-        self.memory_keeper.after_train_forward()
+        self.memory_keeper.after_train_forward(update_num)
         return result
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
         self.memory_keeper.after_update(update_num + 1)
+
+    def _save_schedule(self) -> SaveSchedule:
+        """When fairseq-train saves (the defaults where the task config stands alone)."""
+        patience = self._root_setting("patience", int_value=False)
+        return SaveSchedule(
+            save_interval_updates=self._root_setting("save_interval_updates"),
+            max_update=self._root_setting("max_update"),
+            validate_after_updates=self._root_setting("validate_after_updates"),
+            no_save=bool(self._root_setting("no_save")),
+            patience=-1 if patience is None else int(patience),
+            stop_time_hours=float(self._root_setting("stop_time_hours", int_value=False) or 0),
+        )
 
     def _root_setting(self, name, int_value=True):
         """A setting the task reads from fairseq's other config groups: an int (0 when unset) or
