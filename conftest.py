@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from fairseq_cli import preprocess, write_lines
+from fairseq_commands import preprocess, write_lines
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # scripts/test.sh sets this for its run in .venv/bench-example: there the transformers tests must run.
