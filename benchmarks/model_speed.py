@@ -30,6 +30,11 @@ from truncated_bptt.transformer_xl_model import TransformerXLConfig, Transformer
 WT2_TYPES = 33278
 
 
+# WikiText-2's training text where this project's machines keep it (beside the repository).
+WT2_TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "shared", "data", "wikitext-2", "train.txt")
+
+
 def build_dictionary(train_txt, n_types):
     """fairseq Dictionary of WikiText-2's training text if it is there, else one of the same size."""
     if train_txt and os.path.exists(train_txt):
@@ -75,6 +80,8 @@ def count_flops(fn):
 def text_tokens(dictionary, train_txt, shape, device):
     """The first tokens of WikiText-2's training text, as ``shape[0]`` consecutive streams."""
     needed = shape[0] * shape[1]
+    if not (train_txt and os.path.exists(train_txt)):
+        return None
     ids = []
     with open(train_txt, encoding="utf-8") as f:
         for line in f:
@@ -121,7 +128,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--train-txt", default="/work/shared/data/wikitext-2/train.txt")
+    p.add_argument("--train-txt", default=WT2_TRAIN,
+                        help="WikiText-2's train.txt (default: ../shared/data/wikitext-2 beside the repository; without it, Zipf-distributed tokens over a vocabulary of its size)")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-head", type=int, default=4)

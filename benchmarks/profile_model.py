@@ -16,7 +16,7 @@ import os
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.model_speed import WT2_TYPES, build_dictionary, text_tokens, zipf_tokens
+from benchmarks.model_speed import WT2_TRAIN, WT2_TYPES, build_dictionary, text_tokens, zipf_tokens
 from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,8 @@ def profile_scoring(model, stream, steps: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--train-txt", default="/work/shared/data/wikitext-2/train.txt")
+    parser.add_argument("--train-txt", default=WT2_TRAIN,
+                        help="WikiText-2's train.txt (default: ../shared/data/wikitext-2 beside the repository; without it, Zipf-distributed tokens over a vocabulary of its size)")
     parser.add_argument("--attention", default="auto", choices=["auto", "reference", "sdpa"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--steps", type=int, default=8)
