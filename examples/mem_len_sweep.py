@@ -16,7 +16,7 @@ import csv
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from examples.fairseq_logs import parse_eval_lm
 from examples.figures import finish_and_save
@@ -72,8 +72,10 @@ def write_csv(results: List[Dict[str, float]], path: str) -> str:
 
 
 def plot_sweep(results: List[Dict[str, float]], out_png: str,
-               title: str = "Perplexity vs memory length", train_mem_len: Optional[int] = None) -> str:
-    """Perplexity against mem_len (mem_len 0 drawn at the left edge of a symlog axis)."""
+               title: str = "Perplexity vs memory length", train_mem_len: Optional[int] = None,
+               baseline: Optional[Tuple[str, float]] = None, label: Optional[str] = None) -> str:
+    """Perplexity against mem_len (mem_len 0 drawn at the left edge of a symlog axis), the line
+    named ``label``; ``baseline``: (label, perplexity) of another model, a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,13 +84,16 @@ def plot_sweep(results: List[Dict[str, float]], out_png: str,
     results = sorted(results, key=lambda r: r["mem_len"])
     xs, ys = [r["mem_len"] for r in results], [r["ppl"] for r in results]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(xs, ys, "o-", color="C0")
+    ax.plot(xs, ys, "o-", color="C0", label=label)
     for x, y in zip(xs, ys):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
                     fontsize=8)
     if train_mem_len is not None:
         ax.axvline(train_mem_len, color="gray", linestyle=":", label=f"training mem_len {train_mem_len}")
-        ax.legend()
+    if baseline is not None:
+        ax.axhline(baseline[1], color="C1", linestyle="--", label=f"{baseline[0]}: {baseline[1]:.2f}")
+    if train_mem_len is not None or baseline is not None or label is not None:
+        ax.legend(fontsize=8)
     positive = [x for x in xs if x > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
     ax.set_xticks(xs)
