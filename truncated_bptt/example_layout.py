@@ -60,15 +60,4 @@ class ExampleLayoutDataset(StreamDataset):
         pos = (starts + offsets.unsqueeze(0)).clamp(max=last)
         src = torch.where(real, self.tokens[pos].long(), self.pad)
         target = torch.where(has_target, self.tokens[(pos + 1).clamp(max=last)].long(), self.pad)
-        return {
-            "id": step * self.num_streams + self.streams,
-            "nsentences": self.batch_size,
-            "ntokens": int(has_target.sum()),
-            "net_input": {
-                "src_tokens": src,
-                "src_lengths": real.sum(dim=1),
-                "memory_key": self.memory_key,
-                "segment_index": step,
-            },
-            "target": target,
-        }
+        return self.batch(step, src, target, real.sum(dim=1), int(has_target.sum()))

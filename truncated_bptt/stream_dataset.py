@@ -97,14 +97,18 @@ class StreamDataset(FairseqDataset):
         pos = (starts.unsqueeze(1) + offsets.unsqueeze(0)).clamp(max=self.shifted.numel() - 2)
         src = torch.where(real, self.shifted[pos].long(), self.pad)
         target = torch.where(real, self.shifted[pos + 1].long(), self.pad)
+        return self.batch(step, src, target, real.sum(dim=1), int(real.sum()))
+
+    def batch(self, step, src_tokens, target, src_lengths, ntokens):
+        """The dict fairseq's trainer, the model and the criterion read for ``step``'s segment."""
         return {
             # Unique over the pass: step-major, then global stream index.
             "id": step * self.num_streams + self.streams,
             "nsentences": self.batch_size,
-            "ntokens": int(real.sum()),
+            "ntokens": ntokens,
             "net_input": {
-                "src_tokens": src,
-                "src_lengths": real.sum(dim=1),
+                "src_tokens": src_tokens,
+                "src_lengths": src_lengths,
                 "memory_key": self.memory_key,
                 "segment_index": step,
             },
