@@ -2,7 +2,7 @@
 # What the memory buys on WikiText-2 (or any directory with train.txt, valid.txt and test.txt):
 # trains configs/wikitext2_cpu.yaml with memory and with mem_len 0 for the same number of updates,
 # scores both with fairseq-eval-lm at mem_len 0, 32, 128 and 512, and writes the table, verdicts and
-# plot to benchmarks/results/wikitext2-memory-<UTC time>.{md,json,png}. About an hour of 2 CPU cores.
+# plot to benchmarks/results/wikitext2-memory-<UTC time>.{md,json,png}. About 35 minutes of an idle 2-core machine.
 #
 #   bash examples/wikitext2/run.sh /path/to/wikitext-2               # outputs in runs/wikitext2/
 #   bash examples/wikitext2/run.sh /path/to/wikitext-2 --out-dir DIR -- optimization.max_update=500
