@@ -101,6 +101,9 @@ def preprocess(text_dir: str, data_dir: str, env) -> str:
             if json.load(f) == stamp:
                 return "reused"
     os.makedirs(data_dir, exist_ok=True)
+    for name in os.listdir(data_dir):  # other text binarized here before: fairseq refuses to overwrite
+        if name == "dict.txt" or name.endswith((".bin", ".idx")):
+            os.remove(os.path.join(data_dir, name))
     check_call_logged([os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--destdir", data_dir,
                        "--trainpref", texts["train"], "--validpref", texts["valid"],
                        "--testpref", texts["test"], "--workers", "2"],
