@@ -50,6 +50,10 @@ ROOT = os.path.dirname(BENCH)
 
 OURS = "ours"
 EXAMPLE = "example"
+# The speed targets, ours / example (the project's speed issue): training tokens/s, and
+# fairseq-eval-lm tokens/s at batch 1 in fp32.
+TRAIN_TARGET = 5.0
+EVAL_TARGET = 5.0
 
 # The benchmark configuration of the model issue (fp32; dropout is the example's default, 0).
 BENCH_MODEL = {"n_layer": 4, "d_model": 256, "n_head": 4, "d_head": 64, "d_inner": 1024,
@@ -609,8 +613,8 @@ def report(results: Dict) -> str:
                 f"{100 * t['fraction_of_peak']:.1f} |")
         ratio = us["tokens_per_s"] / ex["tokens_per_s"]
         lines.append("")
-        lines.append(f"Training speed, ours / example: **{ratio:.2f}x** (target >= 3.5x: "
-                     f"{'met' if ratio >= 3.5 else 'NOT met'})")
+        lines.append(f"Training speed, ours / example: **{ratio:.2f}x** (target >= {TRAIN_TARGET:g}x: "
+                     f"{'met' if ratio >= TRAIN_TARGET else 'NOT met'})")
         lines.append("")
     if "eval" in results:
         lines.append(f"fairseq-eval-lm (tokens_per_sample {EVAL_TPS}, mem_len {EVAL_MEM}, clamp_len "
@@ -637,7 +641,7 @@ def report(results: Dict) -> str:
             ratio = base[OURS] / base[EXAMPLE]
             lines.append("")
             lines.append(f"fairseq-eval-lm speed at batch 1, fp32, ours / example: **{ratio:.2f}x** "
-                         f"(target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+                         f"(target >= {EVAL_TARGET:g}x: {'met' if ratio >= EVAL_TARGET else 'NOT met'})")
         lines.append("")
     if "quality" in results:
         q = results["quality"]
@@ -678,8 +682,21 @@ def report(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite_report(json_path: str) -> None:
+    """Write the .md beside a results .json again from its measurements, with today's report
+    (e.g. after the targets changed); nothing is measured."""
+    with open(json_path) as f:
+        results = json.load(f)
+    md_path = os.path.splitext(json_path)[0] + ".md"
+    with open(md_path, "w") as f:
+        f.write(report(results))
+    log(f"rewrote {md_path} from {json_path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report-from", metavar="JSON",
+                        help="only write the .md of an earlier results .json again (no measurement)")
     parser.add_argument("--text-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "wikitext-2"),
                         help="directory holding train.txt, valid.txt, test.txt")
     parser.add_argument("--parts", default="speed,quality", help="comma-separated: speed, quality")
@@ -712,6 +729,8 @@ def main():
     parser.add_argument("--example-venv", default=os.path.join(ROOT, ".venv", "bench-example"))
     parser.add_argument("--out-dir", default=os.path.join(BENCH, "results"))
     args = parser.parse_args()
+    if args.report_from:
+        return rewrite_report(args.report_from)
     parts = set(args.parts.split(","))
     if not parts <= {"speed", "quality"}:
         raise SystemExit(f"compare: --parts takes speed and/or quality, got {args.parts}")
