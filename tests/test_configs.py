@@ -32,6 +32,9 @@ SPEC = {
                        max_update=200000, tokens=150, mem_len=150, gpus=4, batch=60),
     "tiny_cpu": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.003, floor=0.0003,
                      warmup=100, max_update=1200, tokens=64, mem_len=128, gpus=1, batch=16),
+    # What the memory buys on real text (examples/wikitext2/run.sh, BENCHMARKS.md).
+    "wikitext2_cpu": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.001, floor=0.0001,
+                          warmup=200, max_update=2000, tokens=128, mem_len=128, gpus=1, batch=8),
     # Your own data (docs/data.md): the authors' character-level base, NVIDIA's base on pieces.
     "enwik8_base": dict(optimizer="adam", scheduler="cosine_warmup", lr=0.00025, floor=0.0,
                         warmup=0, max_update=400000, tokens=512, mem_len=512, gpus=1, batch=22),
