@@ -19,7 +19,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from examples.fairseq_logs import parse_eval_lm
-from examples.figures import finish_and_save
+from examples.figures import finish_and_save, memory_length_axis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_USER_DIR = os.path.join(REPO, "truncated_bptt")
@@ -94,11 +94,7 @@ def plot_sweep(results: List[Dict[str, float]], out_png: str,
         ax.axhline(baseline[1], color="C1", linestyle="--", label=f"{baseline[0]}: {baseline[1]:.2f}")
     if train_mem_len is not None or baseline is not None or label is not None:
         ax.legend(fontsize=8)
-    positive = [x for x in xs if x > 0]
-    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([str(x) for x in xs])
-    ax.minorticks_off()
+    memory_length_axis(ax, xs)
     ax.margins(x=0.05, y=0.12)
     return finish_and_save(fig, ax, "mem_len at evaluation (tokens)", title, out_png)
 

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from examples.fairseq_logs import read_training_log
-from examples.figures import finish_and_save
+from examples.figures import finish_and_save, memory_length_axis
 from examples.mem_len_sweep import eval_lm_command, run_eval_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -225,11 +225,7 @@ def plot(runs: Sequence[Run], out_png: str, title: str) -> str:
                        label=f"{run.label}, as trained ({run.train_tokens_per_sample}-token segments, "
                              f"mem_len {run.train_mem_len}): {run.as_trained:.1f}")
     xs = sorted({x for run in runs for x in run.sweep})
-    positive = [x for x in xs if x > 0]
-    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([str(x) for x in xs])
-    ax.minorticks_off()
+    memory_length_axis(ax, xs)
     ax.margins(x=0.05, y=0.15)
     ax.legend(fontsize=8)
     return finish_and_save(fig, ax, "mem_len at evaluation (tokens)", title, out_png)
