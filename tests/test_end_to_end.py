@@ -31,6 +31,7 @@ def test_preprocess_train_eval(tmp_path, cycle_corpus, cycle_text):
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     assert os.path.exists(ckpt / "checkpoint_last.pt")
+    assert "keep-freed-memory: freed CPU blocks below 1 GiB stay in the heap" in log  # CPU training
 
     out = run(
         "fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path", ckpt / "checkpoint_last.pt",
@@ -39,6 +40,7 @@ def test_preprocess_train_eval(tmp_path, cycle_corpus, cycle_text):
         "--model-overrides", '{"mem_len":32,"clamp_len":16,"same_length":True}', "--cpu",
         cwd=tmp_path,
     )
+    assert "keep-freed-memory" not in out  # scoring leaves the allocator alone
     n_tokens = sum(len(line.split()) + 1 for line in test_lines)  # words + end-of-line symbol
     scored = parse_eval_lm(out)
     assert scored["tokens"] == n_tokens
@@ -50,12 +52,13 @@ def test_eval_lm_without_the_streaming_task_is_refused(tmp_path, cycle_corpus):
     which a Transformer-XL would silently be scored without memory: it must stop and say why."""
     ckpt = tmp_path / "ckpt"
     data = cycle_corpus(str(tmp_path), {split: (12, 1) for split in ("train", "valid", "test")})
-    run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
-        "--tokens-per-sample", 8, "--batch-size", 2, "--arch", "transformer_xl_tiny",
-        "--n-layer", 1, "--d-model", 16, "--n-head", 2, "--d-head", 8, "--d-inner", 32,
-        "--cutoffs", "8", "--optimizer", "adam", "--lr", 0.001, "--max-update", 1,
-        "--save-dir", ckpt, "--no-epoch-checkpoints", "--disable-validation", "--cpu",
-        cwd=tmp_path)
+    log = run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+              "--tokens-per-sample", 8, "--batch-size", 2, "--arch", "transformer_xl_tiny",
+              "--n-layer", 1, "--d-model", 16, "--n-head", 2, "--d-head", 8, "--d-inner", 32,
+              "--cutoffs", "8", "--optimizer", "adam", "--lr", 0.001, "--max-update", 1,
+              "--save-dir", ckpt, "--no-epoch-checkpoints", "--disable-validation", "--cpu",
+              "--release-freed-memory", cwd=tmp_path)
+    assert "keep-freed-memory" not in log  # turned off: glibc's allocator as it is
     proc = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path",
                ckpt / "checkpoint_last.pt", "--batch-size", 1, "--cpu", cwd=tmp_path, check=False)
     assert proc.returncode != 0

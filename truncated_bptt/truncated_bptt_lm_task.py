@@ -31,6 +31,7 @@ from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resum
 from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
 from truncated_bptt.example_layout import ExampleLayoutDataset
 from truncated_bptt.checkpoint_schedule import SaveSchedule
+from truncated_bptt.cpu_heap import keep_freed_memory
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -56,6 +57,13 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
     disable_tf32: bool = field(
         default=False,
         metadata={"help": "keep fp32 matmuls in full fp32 precision (TF32 is on by default)"},
+    )
+    release_freed_memory: bool = field(
+        default=False,
+        metadata={"help": "CPU training: leave glibc's allocator as it is, returning freed large "
+                          "blocks to the kernel at once. By default training on CPU keeps freed "
+                          "blocks below 1 GiB in the process's heap, so steps do not page-fault "
+                          "their large tensors in again (process-wide; docs/task.md)"},
     )
     data_layout: ChoiceEnum(["streams", "fairseq_example"]) = field(
         default="streams",
@@ -313,6 +321,8 @@ class TruncatedBPTTLMTask(FairseqTask):
             return super().train_step(
                 sample, model, criterion, optimizer, update_num, ignore_grad=True, **kwargs
             )
+        if not self.cfg.release_freed_memory and sample["net_input"]["src_tokens"].device.type == "cpu":
+            keep_freed_memory()  # once per process (truncated_bptt/cpu_heap.py)
         self.memory_keeper.before_train_forward(model, sample)
         result = super().train_step(
             sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs
