@@ -503,3 +503,55 @@ def test_zero_initial_memory_starts_streams_like_huggingface():
     torch.testing.assert_close(empty_out, plain.forward_segment(seg)[0])
     assert not torch.allclose(zero_out, empty_out)
     assert zero.get_stream_memory("valid").length == 16  # 10 zeros + 6 new positions
+
+
+def scores_of_a_pass(decoder, x, key="valid"):
+    """log p(next token) of the segments of ``x`` (halves) in one inference pass."""
+    decoder.eval()
+    with torch.no_grad():
+        out = []
+        for i, (src, tgt) in enumerate([(x[:, :6], x[:, 1:7]), (x[:, 6:12], x[:, 7:13])]):
+            features, _ = decoder(src, memory_key=key, segment_index=i)
+            out.append(decoder.target_log_probs(features, tgt))
+        return out
+
+
+def test_inference_scores_through_packed_softmax_weights_equal_the_plain_ones():
+    """Without autograd on CPU the softmax runs on oneDNN-packed weights (packed_weights.py), made
+    once per cache epoch; the scores are those of the plain weights (with autograd)."""
+    dec = small_decoder(mem_len=8)
+    x = tokens(2, 13)
+    packed_scores = scores_of_a_pass(dec, x)
+    packed = dec._packed_softmax
+    assert packed is not None and packed.clusters[0][0].is_mkldnn  # the packed path ran
+    scores_of_a_pass(dec, x)
+    assert dec._packed_softmax is packed  # same weights: packed once
+    dec.eval()
+    for i, (src, tgt) in enumerate([(x[:, :6], x[:, 1:7]), (x[:, 6:12], x[:, 7:13])]):
+        features, _ = dec(src, memory_key="grad", segment_index=i)  # autograd on: plain weights
+        torch.testing.assert_close(packed_scores[i], dec.target_log_probs(features, tgt).detach(),
+                                   rtol=1e-5, atol=1e-5)
+    assert dec._packed_softmax is packed
+
+
+@pytest.mark.parametrize("invalidate", ["set_num_updates", "train", "load_state_dict", "to"])
+def test_every_weight_change_point_drops_the_packed_softmax(invalidate):
+    """Weights changed through p.data (as fairseq's optimizers do) and signalled by any hook are
+    scored with the new weights: the packed copy is dropped, never reused."""
+    dec = small_decoder(mem_len=8)
+    x = tokens(2, 13)
+    scores_of_a_pass(dec, x)
+    optimizer_step_through_p_data(dec)
+    if invalidate == "set_num_updates":
+        dec.set_num_updates(7)
+    elif invalidate == "train":
+        dec.train()
+    elif invalidate == "load_state_dict":
+        dec.load_state_dict(dec.state_dict())
+    else:
+        dec.to(torch.float32)
+    assert dec._packed_softmax is None
+    fresh = small_decoder(mem_len=8)
+    fresh.load_state_dict(dec.state_dict())
+    for got, want in zip(scores_of_a_pass(dec, x), scores_of_a_pass(fresh, x)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -15,11 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from truncated_bptt import packed_weights
 from truncated_bptt.adaptive_input import cluster_bounds, cluster_dims
+
+
+@torch.jit.unused
+def _packed_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    # (eager only: the TorchScript scorer never holds packed weights)
+    return packed_weights.packed_linear(x, weight, bias)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``F.linear(x, weight, bias)``: x ``[N, d]``, weight ``[V, d]`` -> ``[N, V]``.
+
+    A weight packed for oneDNN (:mod:`truncated_bptt.packed_weights`; inference passes on CPU)
+    goes to oneDNN's inner product.
 
     Without autograd (scoring, generation) it is computed as ``(weight @ x^T)^T``: for the few rows
     those have (one segment's tail-cluster targets, one generated token), CPU BLAS runs that layout
@@ -27,6 +37,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     the matrix-vector kernel it would otherwise get is slower still. Training keeps ``F.linear``,
     whose backward is faster. GPUs are indifferent to the layout.
     """
+    if weight.is_mkldnn:
+        return _packed_linear(x, weight, bias)
     if torch.is_grad_enabled() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     rows = x.size(0)
@@ -81,13 +93,32 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             return None, None
         return self.cluster_weight, self.cluster_bias
 
-    def target_log_probs(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``."""
+    def packed_clusters(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """:meth:`cluster_params` with every weight packed for oneDNN, the head's together with
+        its tail-cluster rows (:class:`~truncated_bptt.packed_weights.PackedSoftmax`)."""
+        clusters = self.cluster_params()
+        weight, bias, projection = clusters[0]
+        tail_weight, tail_bias = self.tail_rows()
+        if tail_weight is not None and tail_bias is not None:
+            weight, bias = torch.cat([weight, tail_weight]), torch.cat([bias, tail_bias])
+        clusters[0] = (weight, bias, projection)
+        return [(packed_weights.pack(w), b.detach().contiguous(),
+                 None if p is None else p.detach()) for w, b, p in clusters]
+
+    def target_log_probs(self, hidden: Tensor, target: Tensor,
+                         packed: Optional[packed_weights.PackedSoftmax] = None) -> Tensor:
+        """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``;
+        ``packed``: this softmax's :meth:`packed_clusters` (inference only)."""
+        if packed is not None:
+            return adaptive_target_log_probs(hidden, target, packed.clusters, None, None, self.bounds)
         return adaptive_target_log_probs(hidden, target, self.cluster_params(), *self.tail_rows(),
                                          self.bounds)
 
-    def log_probs(self, hidden: Tensor) -> Tensor:
+    def log_probs(self, hidden: Tensor,
+                  packed: Optional[packed_weights.PackedSoftmax] = None) -> Tensor:
         """hidden ``[N, d_proj]`` -> fp32 ``[N, n_token]`` full log-probabilities."""
+        if packed is not None:
+            return adaptive_log_probs(hidden, packed.clusters, None, None, self.bounds)
         return adaptive_log_probs(hidden, self.cluster_params(), *self.tail_rows(), self.bounds)
 
 

@@ -32,6 +32,7 @@ from truncated_bptt.adaptive_input import AdaptiveInput
 from truncated_bptt.compiled_layers import CompiledLayers
 from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
 from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
+from truncated_bptt.packed_weights import PackedSoftmax, can_pack
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
@@ -235,6 +236,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self._stream_memory: Dict[str, XLMemory] = {}  # memory_key -> memory of those streams
         self._stream_caches: Dict[str, InferenceCache] = {}  # memory_key -> its pass's cache
         self._cache_epoch = 0  # advanced whenever the weights may change (inference_cache.py)
+        self._packed_softmax: Optional[PackedSoftmax] = None  # of the current epoch, or older/None
         self._warned_missing: set = set()
         self._warned_no_memory = False
 
@@ -432,6 +434,22 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         """The weights may change: no cache made so far is used again (memories stay)."""
         self._cache_epoch += 1
         self._stream_caches.clear()
+        self._packed_softmax = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() / .float() replace the weights
+        self.invalidate_inference_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _usable_packed_softmax(self) -> Optional[PackedSoftmax]:
+        """The softmax weights packed for oneDNN for this cache epoch (made on first use), in
+        inference on CPU in fp32 where torch has oneDNN; None elsewhere (packed_weights.py)."""
+        if torch.is_grad_enabled() or self.training \
+                or not can_pack(self.softmax.out_layers[0].weight):
+            return None
+        if self._packed_softmax is None or self._packed_softmax.epoch != self._cache_epoch:
+            self._packed_softmax = PackedSoftmax(self._cache_epoch, self.softmax.packed_clusters())
+        return self._packed_softmax
 
     def train(self, mode: bool = True):
         if mode:
@@ -455,12 +473,14 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     # ---------------------------------------------------------------- outputs
     def target_log_probs(self, features: Tensor, target: Tensor) -> Tensor:
         """features ``[B, T, d_model]``, target ``[B, T]`` -> fp32 ``[B, T]`` log p(target)."""
-        flat = self.softmax.target_log_probs(features.reshape(-1, features.size(-1)), target.reshape(-1))
+        flat = self.softmax.target_log_probs(features.reshape(-1, features.size(-1)), target.reshape(-1),
+                                             self._usable_packed_softmax())
         return flat.view(target.shape)
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:
         """Full fp32 log-probabilities ``[B, T, V]`` (generation-sized inputs only)."""
-        flat = self.softmax.log_probs(features.reshape(-1, features.size(-1)))
+        flat = self.softmax.log_probs(features.reshape(-1, features.size(-1)),
+                                      self._usable_packed_softmax())
         return flat.view(*features.shape[:-1], flat.size(-1))
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
