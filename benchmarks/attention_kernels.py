@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.results_file import write_results
 from truncated_bptt.relative_attention import (
     attention_mask,
     expand_clamped_positions,
@@ -142,11 +143,7 @@ def main():
             lines.append(f"| {shape_name} | {name} | {diff:.2e} | {1e3 * seconds:.2f} | "
                          f"{ref_time / seconds:.2f}x |")
             print(lines[-1], flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"attention-{datetime.datetime.utcnow():%Y%m%d-%H%M%S}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"written to {path}")
+    write_results("\n".join(lines), args.out, "attention", ".md")
 
 
 if __name__ == "__main__":

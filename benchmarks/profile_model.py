@@ -16,6 +16,7 @@ import os
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.results_file import write_results
 from benchmarks.model_speed import WT2_TRAIN, WT2_TYPES, build_dictionary, text_tokens, zipf_tokens
 from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
 
@@ -100,11 +101,7 @@ def main():
               profile_scoring(model, stream, 2 * args.steps)]
     text = "\n".join(report)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"profile-{datetime.datetime.utcnow():%Y%m%d-%H%M%S}.txt")
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    print(f"written to {path}")
+    write_results(text, args.out, "profile", ".txt")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.results_file import write_results
 from truncated_bptt.packed_weights import pack, packed_linear, packing_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +72,7 @@ def main():
             c = timed_ms(lambda: packed_linear(h, packed, bias), flush, args.repeats)
             lines.append(f"{size:>12} {rows:>5} {a:>12.3f} {b:>13.3f} {c:>10.3f} {b / c:>19.2f}x")
             print(lines[-1])
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"softmax-layout-{datetime.datetime.utcnow():%Y%m%d-%H%M%S}.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"written to {path}")
+    write_results("\n".join(lines), args.out, "softmax-layout", ".txt")
 
 
 if __name__ == "__main__":

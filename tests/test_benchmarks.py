@@ -6,6 +6,8 @@ against fairseq's own binarization, and its log parsing against fairseq-train's 
 """
 import argparse
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from benchmarks.flops import (
     softmax_forward_flops,
     tokens_per_cluster,
 )
+from fairseq_commands import ROOT, cli_env
 
 SHAPE = XLShape(n_layer=2, d_model=16, n_head=2, d_head=8, d_inner=32, vocab=50, cutoffs=[10, 30, 80])
 
@@ -188,3 +191,15 @@ def test_quality_plot_states_the_per_token_conversion(tmp_path):
     path = str(tmp_path / "quality.png")
     quality_plot.plot_quality({"runs": runs, "budget_minutes": 3, "tokens_per_sample": 64}, path)
     assert os.path.getsize(path) > 10_000
+
+
+def test_softmax_layout_script_checks_and_writes_every_layout(tmp_path):
+    """benchmarks/softmax_layout.py (quoted in docs/model.md): each layout's values are checked
+    against F.linear before it is timed, and every row lands in its results file."""
+    subprocess.run([sys.executable, "-m", "benchmarks.softmax_layout", "--repeats", "1", "--d", "32",
+                    "--out", str(tmp_path)], cwd=ROOT, env=cli_env(), check=True,
+                   stdout=subprocess.PIPE)
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("softmax-layout-") and written.suffix == ".txt"
+    rows = written.read_text().splitlines()[2:]
+    assert len(rows) == 3 * 6 and all(row.rstrip().endswith("x") for row in rows)
