@@ -73,7 +73,7 @@ def test_single_process_checkpoints_the_live_memory_of_the_training_key_only():
 
 def test_the_task_runs_fairseqs_stand_in_batches_without_memory():
     """A dummy batch (ignore_grad) must neither reset nor advance the training streams."""
-    from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMTask
+    from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
 
     seen = []
 
@@ -87,6 +87,7 @@ def test_the_task_runs_fairseqs_stand_in_batches_without_memory():
             loss.backward()
 
     task = TruncatedBPTTLMTask.__new__(TruncatedBPTTLMTask)
+    task.cfg = TruncatedBPTTLMConfig(release_freed_memory=True)  # (the allocator is not the point)
     task.memory_keeper = StreamMemoryKeeper()
     model = FakeModel()
     model.set_num_updates = lambda n: None
