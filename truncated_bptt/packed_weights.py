@@ -4,9 +4,10 @@ Scoring multiplies the same softmax weights by a few rows per segment: the head 
 ``B * T`` hidden states, each tail cluster by the few whose targets fall in it (often under ten rows
 against ``[23280, d]`` at WikiText's vocabulary). For that skinny shape MKL's ``sgemm`` on the plain
 row-major weight runs far below the machine's matmul peak; oneDNN's inner-product kernel on a
-weight reordered once into its blocked layout runs the same product several times faster, in fp32
-(``benchmarks/softmax_layout.py`` times both). The reordered copy costs the memory of the softmax
-weights once more (34 MB at WikiText-103's base model), held only while the weights cannot change.
+weight reordered once into its blocked layout runs the large clusters' products up to about twice
+as fast, in fp32 (``benchmarks/softmax_layout.py`` times the layouts with cold caches). The
+reordered copy costs the memory of the softmax weights once more while a pass runs: 34 MB for the
+benchmark's WikiText-2 model, about 440 MB for ``wt103_base`` (267,735 x 410 fp32).
 
 Lifetime: the decoder keeps one :class:`PackedSoftmax` per *cache epoch* (the epoch of
 :mod:`truncated_bptt.inference_cache`), so the copy is dropped, never reused, as soon as the weights
