@@ -14,14 +14,17 @@ Lifetime: the decoder keeps one :class:`PackedSoftmax` per *cache epoch* (the ep
 may change: ``model.train()``, every update, loading a state dict, moving or casting the model.
 Gradients never flow through it: only passes without autograd use it.
 """
+import functools
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
+@functools.lru_cache(maxsize=None)
 def packing_available() -> bool:
-    """Whether this torch has oneDNN (mkldnn) on CPU with the reorder and inner-product ops."""
+    """Whether this torch has oneDNN (mkldnn) on CPU with the reorder and inner-product ops
+    (fixed for the process: asked once, not at every scoring call)."""
     ops = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
             and hasattr(ops, "_linear_pointwise"))
