@@ -7,9 +7,6 @@ for WikiText-2's cluster sizes under cutoffs 2000,10000 and such row counts, the
 ``F.linear(h, W, b)``, of ``addmm(b, W, h^T)^T`` (one row doubled, as ``_linear`` does) and of
 oneDNN's inner product on the weight packed once (what inference passes use where torch has
 oneDNN), with the caches flushed before each call as they are between the steps of a real run.
-Then the same for the layers' linear maps (``qkv_net``, ``o_net``, ``fc1`` + ReLU, ``fc2`` of the
-benchmark model) at a scoring segment's rows: ``F.linear`` against oneDNN on the packed weight with
-the ReLU fused, with warm caches (a segment runs every layer's small weights again and again).
 Also written to ``benchmarks/results/softmax-layout-<UTC time>.txt``.
 
     .venv/py310/bin/python -m benchmarks.softmax_layout [--threads 2]
@@ -46,51 +43,10 @@ def transposed(h, weight, bias):
     return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()[: h.size(0)]
 
 
-def timed_warm_ms(fn, repeats: int) -> float:
-    """Median milliseconds of ``fn`` (caches warm), each sample the mean of 20 calls."""
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(20):
-            fn()
-        times.append((time.perf_counter() - start) / 20)
-    times.sort()
-    return times[len(times) // 2] * 1e3
-
-
-def layer_products(d: int, d_inner: int, repeats: int):
-    """Lines timing the layers' products, plain ``F.linear`` (+ ReLU) against packed."""
-    lines = ["", f"layer linear maps (d_model {d}, n_head x d_head {d}, d_inner {d_inner}), warm caches",
-             f"{'product':>12} {'rows':>5} {'F.linear ms':>12} {'packed ms':>10} {'packed vs F.linear':>19}"]
-    for name, d_in, d_out, bias, relu in (("qkv_net", d, 3 * d, False, False),
-                                          ("o_net", d, d, False, False),
-                                          ("fc1 + ReLU", d, d_inner, True, True),
-                                          ("fc2", d_inner, d, True, False)):
-        weight = torch.randn(d_out, d_in) * d_in ** -0.5
-        b = torch.randn(d_out) if bias else None
-        packed = pack(weight)
-        for rows in (64, 512):
-            h = torch.randn(rows, d_in)
-            want = F.linear(h, weight, b)
-            want = F.relu(want) if relu else want
-            got = packed_linear(h, packed, b, "relu" if relu else "none")
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-            plain = timed_warm_ms(lambda: F.relu(F.linear(h, weight, b)) if relu
-                                  else F.linear(h, weight, b), repeats)
-            fast = timed_warm_ms(lambda: packed_linear(h, packed, b, "relu" if relu else "none"),
-                                 repeats)
-            lines.append(f"{name:>12} {rows:>5} {plain:>12.3f} {fast:>10.3f} {plain / fast:>18.2f}x")
-            print(lines[-1])
-    return lines
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--d", type=int, default=256, help="hidden width (the benchmark model's)")
-    parser.add_argument("--d-inner", type=int, default=1024, help="feed-forward width (the benchmark model's)")
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
@@ -116,7 +72,6 @@ def main():
             c = timed_ms(lambda: packed_linear(h, packed, bias), flush, args.repeats)
             lines.append(f"{size:>12} {rows:>5} {a:>12.3f} {b:>13.3f} {c:>10.3f} {b / c:>19.2f}x")
             print(lines[-1])
-    lines += layer_products(args.d, args.d_inner, args.repeats)
     write_results("\n".join(lines), args.out, "softmax-layout", ".txt")
 
 

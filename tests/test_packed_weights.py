@@ -1,4 +1,4 @@
-"""Softmax and layer weights packed for oneDNN (inference on CPU): same scores as the plain path, and the
+"""Softmax weights packed for oneDNN (inference on CPU): same scores as the plain path, and the
 packed path demonstrably the one that ran."""
 import platform
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from truncated_bptt import packed_weights
-from truncated_bptt.packed_weights import PackedWeights, can_pack, pack, packed_linear
+from truncated_bptt.packed_weights import PackedSoftmax, can_pack, pack, packed_linear
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 
 
@@ -28,23 +28,6 @@ def test_packed_linear_equals_linear(rows):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_linear_through_packed_weights_equals_f_linear(relu):
-    """packed_weights.linear (the layers' products): a packed weight goes through oneDNN, with the
-    ReLU fused when asked, on ``[B, T, d]`` inputs; a plain weight is F.linear."""
-    torch.manual_seed(0)
-    weight, bias = torch.randn(48, 32), torch.randn(48)
-    x = torch.randn(2, 5, 32)
-    want = F.linear(x, weight, bias)
-    want = F.relu(want) if relu else want
-    got = packed_weights.linear(x, pack(weight), bias, relu=relu)
-    assert got.shape == (2, 5, 48)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(packed_weights.linear(x, weight, bias, relu=relu), want)
-    torch.testing.assert_close(packed_weights.linear(x, pack(weight)), F.linear(x, weight),
-                               rtol=1e-5, atol=1e-5)  # no bias (qkv_net, o_net)
-
-
 def fp32_softmax(n_token, d_embed, d_proj, cutoffs, div_val):
     torch.manual_seed(0)
     sm = ProjectedAdaptiveSoftmax(n_token, d_embed, d_proj, cutoffs, div_val)
@@ -62,7 +45,7 @@ def fp32_softmax(n_token, d_embed, d_proj, cutoffs, div_val):
 ])
 def test_packed_softmax_scores_as_the_plain_one(monkeypatch, d_embed, d_proj, cutoffs, div_val):
     sm = fp32_softmax(200, d_embed, d_proj, cutoffs, div_val)
-    packed = PackedWeights(0, sm.packed_clusters())
+    packed = PackedSoftmax(0, sm.packed_clusters())
     assert all(w.is_mkldnn for w, _, _ in packed.clusters)
     calls = []
     real = packed_weights.packed_linear

@@ -9,9 +9,7 @@ from truncated_bptt.relative_attention import (
     attention_mask,
     expand_clamped_positions,
     position_encodings,
-    position_mask,
     rel_shift,
-    relative_attention,
 )
 
 
@@ -166,59 +164,6 @@ def test_rel_shift_realigns_distances():
         for j in range(klen):
             if j <= 2 + i:  # visible: the entry is the score for distance mlen + i - j
                 assert shifted[i, j] == 100.0 * i + (2 + i - j)
-
-
-MASK_CASES = [  # qlen, mlen, same_length, mem_len, same_length_mask
-    (5, 0, False, 4, "authors"), (5, 3, False, 4, "authors"), (1, 7, True, 7, "authors"),
-    (4, 6, True, 6, "authors"), (4, 6, True, 6, "nvidia"), (4, 2, True, 6, "authors"),
-    (6, 3, True, 3, "authors"), (3, 9, True, 5, "nvidia"), (64, 640, True, 640, "authors"),
-]
-
-
-@pytest.mark.parametrize("qlen,mlen,same_length,mem_len,kind", MASK_CASES)
-def test_masking_position_scores_before_the_shift_masks_exactly_the_masked_pairs(
-        qlen, mlen, same_length, mem_len, kind):
-    """Every (query, key) pair reads its own padded cell: masking the cells of position_mask and
-    then shifting equals shifting and then masking with attention_mask, bit for bit (visible pairs
-    keep their scores, masked ones get the mask value, and only the first W columns are written)."""
-    klen = mlen + qlen
-    scores = torch.randn(2, 3, qlen, klen + 1, generator=torch.Generator().manual_seed(qlen + mlen))
-    want = rel_shift(scores).masked_fill(attention_mask(qlen, mlen, same_length, mem_len,
-                                                        same_length_mask=kind), -1e30)
-    shifted = position_mask(qlen, mlen, same_length, mem_len, same_length_mask=kind)
-    assert shifted.dtype == torch.bool and shifted.size(0) == qlen and shifted.size(1) <= klen + 1
-    masked = scores.clone()
-    masked[..., :shifted.size(1)].masked_fill_(shifted, -1e30)
-    assert torch.equal(rel_shift(masked), want)
-    if (qlen, mlen, same_length) == (64, 640, True):
-        assert shifted.size(1) == qlen + 1  # the eval shape writes 65 of 705 columns
-
-
-@pytest.mark.parametrize("qlen,mlen,same_length,mem_len,kind", MASK_CASES)
-@pytest.mark.parametrize("clamp_len", [-1, 3])
-def test_attention_masking_the_position_scores_equals_masking_the_scores(
-        qlen, mlen, same_length, mem_len, kind, clamp_len):
-    """relative_attention with the mask in the position scores' layout (fp32): same output and
-    gradients as with masked_fill on the scores."""
-    g = torch.Generator().manual_seed(7)
-    klen, n_head, d_head = mlen + qlen, 2, 4
-    rows = position_encodings(klen, 8, clamp_len, distinct=True).size(0)
-    mask = attention_mask(qlen, mlen, same_length, mem_len, same_length_mask=kind)
-    shifted = position_mask(qlen, mlen, same_length, mem_len, same_length_mask=kind)
-    results = []
-    for shifted_mask in (None, shifted):
-        g.manual_seed(7)
-        q = torch.randn(2, qlen, n_head, d_head, generator=g).requires_grad_()
-        k = torch.randn(2, klen, n_head, d_head, generator=g).requires_grad_()
-        val = torch.randn(2, klen, n_head, d_head, generator=g).requires_grad_()
-        keys = torch.randn(rows, n_head, d_head, generator=g).requires_grad_()
-        u = torch.randn(n_head, d_head, generator=g).requires_grad_()
-        v = torch.randn(n_head, d_head, generator=g).requires_grad_()
-        out = relative_attention(q, k, val, keys, u, v, mask, shifted_mask=shifted_mask)
-        (out * torch.randn(out.shape, generator=g)).sum().backward()
-        results.append([out, q.grad, k.grad, val.grad, keys.grad, u.grad, v.grad])
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_masks():

@@ -516,47 +516,26 @@ def scores_of_a_pass(decoder, x, key="valid"):
         return out
 
 
-def test_inference_scores_through_packed_weights_equal_the_plain_ones(monkeypatch):
-    """Without autograd on CPU the softmax and the layers' linear maps run on oneDNN-packed weights
-    (packed_weights.py), made once per cache epoch; the scores are those of the plain weights
-    (with autograd)."""
-    from truncated_bptt import packed_weights
-    calls = []
-    real = packed_weights._onednn_linear
-    monkeypatch.setattr(packed_weights, "_onednn_linear",
-                        lambda x, w, b, relu: calls.append(relu) or real(x, w, b, relu))
+def test_inference_scores_through_packed_softmax_weights_equal_the_plain_ones():
+    """Without autograd on CPU the softmax runs on oneDNN-packed weights (packed_weights.py), made
+    once per cache epoch; the scores are those of the plain weights (with autograd)."""
     dec = small_decoder(mem_len=8)
     x = tokens(2, 13)
     packed_scores = scores_of_a_pass(dec, x)
-    packed = dec._packed_weights
-    assert packed is not None and packed.clusters[0][0].is_mkldnn  # the packed softmax ran
-    assert packed.layers is not None and all(w.is_mkldnn for layer in packed.layers for w in layer)
-    # the layers' products went through oneDNN: 4 per layer and segment, one of them with the ReLU
-    assert len(calls) == 2 * 4 * len(dec.layers) and calls.count(True) == 2 * len(dec.layers)
+    packed = dec._packed_softmax
+    assert packed is not None and packed.clusters[0][0].is_mkldnn  # the packed path ran
     scores_of_a_pass(dec, x)
-    assert dec._packed_weights is packed  # same weights: packed once
+    assert dec._packed_softmax is packed  # same weights: packed once
     dec.eval()
     for i, (src, tgt) in enumerate([(x[:, :6], x[:, 1:7]), (x[:, 6:12], x[:, 7:13])]):
         features, _ = dec(src, memory_key="grad", segment_index=i)  # autograd on: plain weights
         torch.testing.assert_close(packed_scores[i], dec.target_log_probs(features, tgt).detach(),
                                    rtol=1e-5, atol=1e-5)
-    assert dec._packed_weights is packed
-
-
-def test_compiled_layers_keep_their_own_weights():
-    """With --compile the layers are traced with their modules' weights: only the softmax is
-    packed."""
-    from truncated_bptt.compiled_layers import CompiledLayers
-    dec = small_decoder(mem_len=8)
-    dec.compiled_layers = CompiledLayers()
-    dec.eval()
-    with torch.no_grad():
-        packed = dec._usable_packed_weights()
-    assert packed is not None and packed.clusters[0][0].is_mkldnn and packed.layers is None
+    assert dec._packed_softmax is packed
 
 
 @pytest.mark.parametrize("invalidate", ["set_num_updates", "train", "load_state_dict", "to"])
-def test_every_weight_change_point_drops_the_packed_weights(invalidate):
+def test_every_weight_change_point_drops_the_packed_softmax(invalidate):
     """Weights changed through p.data (as fairseq's optimizers do) and signalled by any hook are
     scored with the new weights: the packed copy is dropped, never reused."""
     dec = small_decoder(mem_len=8)
@@ -571,7 +550,7 @@ def test_every_weight_change_point_drops_the_packed_weights(invalidate):
         dec.load_state_dict(dec.state_dict())
     else:
         dec.to(torch.float32)
-    assert dec._packed_weights is None
+    assert dec._packed_softmax is None
     fresh = small_decoder(mem_len=8)
     fresh.load_state_dict(dec.state_dict())
     for got, want in zip(scores_of_a_pass(dec, x), scores_of_a_pass(fresh, x)):

@@ -29,8 +29,6 @@ from truncated_bptt.memory import XLMemory
 from truncated_bptt.memory_buffers import MemoryBuffers
 
 _SERIALS = itertools.count(1)
-# (attention mask, the same in the position scores' layout, position encodings) of one shape
-MasksAndEncodings = Tuple[Optional[Tensor], Optional[Tensor], Tensor]
 
 
 class InferenceCache:
@@ -39,13 +37,13 @@ class InferenceCache:
     def __init__(self, epoch: int):
         self.epoch = epoch
         self.serial = next(_SERIALS)  # tags the keys/values this pass stores in memories
-        self._mask_and_encodings: Dict[tuple, MasksAndEncodings] = {}
+        self._mask_and_encodings: Dict[tuple, Tuple[Optional[Tensor], Tensor]] = {}
         self._position_keys: Dict[tuple, List[Tensor]] = {}
 
     def mask_and_encodings(self, qlen: int, mlen: int, like: Tensor,
-                           make: Callable[[int, int, Tensor], MasksAndEncodings]) -> MasksAndEncodings:
-        """``make(qlen, mlen, like)`` (the masks and the position encodings of a shape), computed
-        once per shape (callers must not modify the result)."""
+                           make: Callable[[int, int, Tensor], Tuple[Optional[Tensor], Tensor]]
+                           ) -> Tuple[Optional[Tensor], Tensor]:
+        """``make(qlen, mlen, like)``, computed once per shape (callers must not modify the result)."""
         key = (qlen, mlen, like.dtype, like.device)
         if key not in self._mask_and_encodings:
             if len(self._mask_and_encodings) >= 16:  # generation: a new key length every step

@@ -95,7 +95,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
 
     def packed_clusters(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
         """:meth:`cluster_params` with every weight packed for oneDNN, the head's together with
-        its tail-cluster rows (:class:`~truncated_bptt.packed_weights.PackedWeights`)."""
+        its tail-cluster rows (:class:`~truncated_bptt.packed_weights.PackedSoftmax`)."""
         clusters = self.cluster_params()
         weight, bias, projection = clusters[0]
         tail_weight, tail_bias = self.tail_rows()
@@ -106,7 +106,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                  None if p is None else p.detach()) for w, b, p in clusters]
 
     def target_log_probs(self, hidden: Tensor, target: Tensor,
-                         packed: Optional[packed_weights.PackedWeights] = None) -> Tensor:
+                         packed: Optional[packed_weights.PackedSoftmax] = None) -> Tensor:
         """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``;
         ``packed``: this softmax's :meth:`packed_clusters` (inference only)."""
         if packed is not None:
@@ -115,7 +115,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                                          self.bounds)
 
     def log_probs(self, hidden: Tensor,
-                  packed: Optional[packed_weights.PackedWeights] = None) -> Tensor:
+                  packed: Optional[packed_weights.PackedSoftmax] = None) -> Tensor:
         """hidden ``[N, d_proj]`` -> fp32 ``[N, n_token]`` full log-probabilities."""
         if packed is not None:
             return adaptive_log_probs(hidden, packed.clusters, None, None, self.bounds)

@@ -23,8 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from truncated_bptt.packed_weights import linear
-
 # Masked scores are filled with this finite value (softmax runs in fp32, where exp() of it is 0).
 # Finite on purpose: a fully masked row then gives a uniform distribution instead of NaNs, and no
 # -inf ever meets half-precision arithmetic.
@@ -38,14 +36,11 @@ class AttentionContext(NamedTuple):
     mask: bool ``[T, K]``, True where a query must not see a key; None when nothing is hidden.
     r_w_bias, r_r_bias: ``[n_head, d_head]`` ``u``/``v`` shared by all layers (``--tie-r``), or None
         when every layer owns its own.
-    position_mask: the same mask in the position scores' padded layout (:func:`position_mask`),
-        or None (then only ``mask`` is used).
     """
     encodings: Tensor
     mask: Optional[Tensor]
     r_w_bias: Optional[Tensor]
     r_r_bias: Optional[Tensor]
-    position_mask: Optional[Tensor] = None
 
 
 def relative_positions(klen: int, clamp_len: int, device: Optional[torch.device] = None) -> Tensor:
@@ -125,28 +120,6 @@ def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
     return mask
 
 
-def position_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
-                  device: Optional[torch.device] = None, same_length_mask: str = "authors") -> Tensor:
-    """:func:`attention_mask` moved to the padded layout that :func:`rel_shift` reads: bool
-    ``[T, W]``, True at the padded cells ``(r, c)`` (``c < W <= K + 1``) whose score a masked
-    (query, key) pair reads; every other cell is read by a visible pair or by none.
-
-    :func:`rel_shift` reads the cell at flat index ``T + i * K + j`` for the pair ``(i, j)``, a
-    different cell for every pair, so writing the mask value into the masked pairs' cells of the
-    position scores *before* the shift masks exactly the masked pairs: no pass over the ``[T, K]``
-    scores afterwards. Those cells lie in the first ``W`` columns: a future key of query ``i`` reads
-    row ``i + 1`` at a column below ``T - 1``, and (same_length) a key ``window`` or more behind
-    reads a column at most ``K - window``, so only ``[T, W]`` cells are written.
-    """
-    klen = mlen + qlen
-    window = mem_len if same_length_mask == "authors" else mem_len + 1
-    width = min(max(qlen - 1, klen - window + 1 if same_length else 0), klen + 1)
-    mask = attention_mask(qlen, mlen, same_length, mem_len, device, same_length_mask)
-    padded = torch.zeros(qlen * (klen + 1), dtype=torch.bool, device=device)
-    padded[qlen:] = mask.reshape(-1)
-    return padded.view(qlen, klen + 1)[:, :width].contiguous()
-
-
 def rel_shift(x_padded: Tensor) -> Tensor:
     """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
 
@@ -166,15 +139,14 @@ def rel_shift(x_padded: Tensor) -> Tensor:
 
 def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r_w_bias: Tensor,
                        r_r_bias: Tensor, mask: Optional[Tensor], dropatt: float = 0.0,
-                       training: bool = False, shifted_mask: Optional[Tensor] = None) -> Tensor:
+                       training: bool = False) -> Tensor:
     """Attention of ``T`` queries over ``K`` keys with Transformer-XL's relative positions.
 
     q ``[B, T, H, Dh]``; k, v ``[B, K, H, Dh]`` (memory first, then the segment); position_keys
     ``[K + 1, H, Dh]`` or, for distinct clamped distances, fewer rows (``r_net`` of
     :func:`position_encodings`); r_w_bias, r_r_bias ``[H, Dh]``;
-    mask bool ``[T, K]`` or None; shifted_mask: the same in the padded layout
-    (:func:`position_mask`), used instead of ``mask`` in fp32. Returns ``[B, T, H * Dh]``. Scores
-    are masked and normalised in fp32 whatever the input dtype.
+    mask bool ``[T, K]`` or None. Returns ``[B, T, H * Dh]``. Scores are masked and normalised in
+    fp32 whatever the input dtype.
     """
     bsz, qlen, n_head, d_head = q.shape
     klen = k.size(1)
@@ -187,11 +159,6 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
     position = torch.bmm(q_position, position_keys.permute(1, 2, 0))
     position = expand_clamped_positions(position.view(n_head, bsz, qlen, -1), klen)
-    if mask is not None and shifted_mask is not None and position.dtype == torch.float32:
-        # Mask before the shift, on the [T, W] cells masked pairs read (W ~ T, not K): the sum
-        # below is then exactly MASK_VALUE there, as after masked_fill (|scores| << 1e22).
-        position[..., :shifted_mask.size(1)].masked_fill_(shifted_mask, -1e30)
-        mask = None
     # In place: neither matmul's nor masked_fill's backward needs these values.
     score.add_(rel_shift(position).transpose(0, 1))
     if score.dtype == torch.float16 or score.dtype == torch.bfloat16:
@@ -263,9 +230,7 @@ class RelativeMultiHeadAttention(nn.Module):
 
     def forward(self, h: Tensor, encodings: Tensor, mask: Optional[Tensor], r_w_bias: Tensor,
                 r_r_bias: Tensor, memory: Optional[Tensor] = None,
-                keys_values: Optional[Tensor] = None, position_keys: Optional[Tensor] = None,
-                position_mask: Optional[Tensor] = None, qkv_weight: Optional[Tensor] = None,
-                o_weight: Optional[Tensor] = None) -> Tensor:
+                keys_values: Optional[Tensor] = None, position_keys: Optional[Tensor] = None) -> Tensor:
         """h ``[B, T, d_model]`` -> ``[B, T, d_model]``, attending over ``[memory; h]``.
 
         The memory's keys/values come from one of:
@@ -274,15 +239,11 @@ class RelativeMultiHeadAttention(nn.Module):
           them (an inference pass keeps them, :mod:`truncated_bptt.inference_cache`): the segment's
           keys/values are written into the last ``T`` positions and ``memory`` is not read.
         position_keys: ``r_net(encodings)`` ``[K + 1, n_head * d_head]`` if already computed.
-        position_mask: ``mask`` in the padded layout (:func:`position_mask`), or None.
-        qkv_weight, o_weight: packed copies of ``qkv_net``'s and ``o_net``'s weights to use instead
-        (inference on CPU, :mod:`truncated_bptt.packed_weights`), or None.
         """
         bsz, qlen, _ = h.shape
         n_head, d_head = self.n_head, self.d_head
         x = self.layer_norm(h) if self.pre_lnorm else h
-        qkv = linear(x, self.qkv_net.weight if qkv_weight is None else qkv_weight)
-        qkv = qkv.view(bsz, qlen, 3, n_head, d_head)
+        qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
         kv = qkv[:, :, 1:]
         if keys_values is not None:
             keys_values[:, keys_values.size(1) - qlen:].copy_(kv)
@@ -298,8 +259,8 @@ class RelativeMultiHeadAttention(nn.Module):
                                             self.dropatt, self.training)
         else:
             attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
-                                      self.dropatt, self.training, position_mask)
-        out = linear(attn, self.o_net.weight if o_weight is None else o_weight)
+                                      self.dropatt, self.training)
+        out = self.o_net(attn)
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)
         if self.pre_lnorm:

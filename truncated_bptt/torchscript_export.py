@@ -33,9 +33,7 @@ from torch import Tensor, nn
 
 from truncated_bptt.adaptive_input import adaptive_embedding
 from truncated_bptt.projected_adaptive_softmax import adaptive_log_probs, adaptive_target_log_probs
-from truncated_bptt.relative_attention import (
-    AttentionContext, attention_mask, position_encodings, position_mask,
-)
+from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
 
 
 class OptionalTensor(nn.Module):
@@ -123,12 +121,9 @@ class TransformerXLScorer(nn.Module):
         mlen = mems[0].size(1) if len(mems) > 0 else 0
         mask = attention_mask(qlen, mlen, self.same_length, self.mem_len, h.device,
                               self.same_length_mask)
-        shifted_mask = position_mask(qlen, mlen, self.same_length, self.mem_len, h.device,
-                                     self.same_length_mask)
         encodings = position_encodings(mlen + qlen, self.d_model, self.clamp_len, h.device, h.dtype,
                                        distinct=True)
-        context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get(),
-                                   shifted_mask)
+        context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get())
         new_mems: List[Tensor] = []
         for i, layer in enumerate(self.layers):
             mem: Optional[Tensor] = None

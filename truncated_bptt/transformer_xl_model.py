@@ -32,11 +32,9 @@ from truncated_bptt.adaptive_input import AdaptiveInput
 from truncated_bptt.compiled_layers import CompiledLayers
 from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
 from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
-from truncated_bptt.packed_weights import PackedWeights, can_pack
+from truncated_bptt.packed_weights import PackedSoftmax, can_pack
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
-from truncated_bptt.relative_attention import (
-    AttentionContext, attention_mask, position_encodings, position_mask,
-)
+from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
 
 logger = logging.getLogger(__name__)
@@ -238,7 +236,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self._stream_memory: Dict[str, XLMemory] = {}  # memory_key -> memory of those streams
         self._stream_caches: Dict[str, InferenceCache] = {}  # memory_key -> its pass's cache
         self._cache_epoch = 0  # advanced whenever the weights may change (inference_cache.py)
-        self._packed_weights: Optional[PackedWeights] = None  # of the current epoch, or older/None
+        self._packed_softmax: Optional[PackedSoftmax] = None  # of the current epoch, or older/None
         self._warned_missing: set = set()
         self._warned_no_memory = False
 
@@ -303,14 +301,10 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             h = F.dropout(h, p=self.cfg.dropout)
             context = context._replace(encodings=F.dropout(context.encodings, p=self.cfg.dropout))
         writer = self._memory_writer(memory, qlen, cache, h)
-        packed = self._usable_packed_weights()
-        weights = packed.layers if packed is not None and packed.layers is not None \
-            else [None] * len(self.layers)
         with self._offload_context():
             for i, layer in enumerate(self.layers):
                 layer_memory, keys_values = writer.layer_input(i, h)
-                h = self._call_layer(layer, h, context, layer_memory, keys_values, position_keys[i],
-                                     weights[i])
+                h = self._call_layer(layer, h, context, layer_memory, keys_values, position_keys[i])
         if self.training and self.cfg.dropout > 0.0:
             h = F.dropout(h, p=self.cfg.dropout)
         return h, writer.memory_after(self.memory_options.mem_len)
@@ -318,28 +312,25 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     def _attention_context(self, qlen: int, mlen: int, like: Tensor,
                            cache: Optional[InferenceCache]) -> AttentionContext:
         if cache is None:
-            mask, shifted_mask, encodings = self._masks_and_encodings(qlen, mlen, like)
+            mask, encodings = self._mask_and_encodings(qlen, mlen, like)
         else:
-            mask, shifted_mask, encodings = cache.mask_and_encodings(qlen, mlen, like,
-                                                                     self._masks_and_encodings)
-        return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias, shifted_mask)
+            mask, encodings = cache.mask_and_encodings(qlen, mlen, like, self._mask_and_encodings)
+        return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias)
 
-    def _masks_and_encodings(self, qlen: int, mlen: int, like: Tensor
-                             ) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor]:
-        """The attention mask ``[qlen, mlen + qlen]`` and the same in the position scores' padded
-        layout (:func:`position_mask`; both None where nothing is hidden: a single new token
-        without same_length), and the position encodings (``[mlen + qlen + 1, d_model]``, or
+    def _mask_and_encodings(self, qlen: int, mlen: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+        """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden: a single new
+        token without same_length) and the position encodings (``[mlen + qlen + 1, d_model]``, or
         fewer rows for distinct clamped distances: :func:`position_encodings`)."""
         opts = self.memory_options
-        mask = shifted_mask = None
+        mask = None
         if qlen > 1 or opts.same_length:
-            args = (qlen, mlen, opts.same_length, opts.mem_len, like.device, opts.same_length_mask)
-            mask, shifted_mask = attention_mask(*args), position_mask(*args)
+            mask = attention_mask(qlen, mlen, opts.same_length, opts.mem_len, like.device,
+                                  opts.same_length_mask)
         # Distinct clamped distances only, unless dropout gives each encoding row its own mask.
         distinct = not (self.training and self.cfg.dropout > 0.0)
         encodings = position_encodings(mlen + qlen, self.cfg.d_model, opts.clamp_len, like.device,
                                        like.dtype, distinct=distinct)
-        return mask, shifted_mask, encodings
+        return mask, encodings
 
     def _memory_writer(self, memory: Optional[XLMemory], qlen: int,
                        cache: Optional[InferenceCache], like: Tensor):
@@ -348,13 +339,13 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             return ConcatenatingWriter(memory)
         return GrowingWriter(self.layers, memory, qlen, self.memory_options.mem_len, cache, like)
 
-    def _call_layer(self, layer, h, context, memory, keys_values, position_keys, weights) -> Tensor:
+    def _call_layer(self, layer, h, context, memory, keys_values, position_keys) -> Tensor:
         call = self.compiled_layers if self.compiled_layers is not None else _eager
         if self.training and torch.is_grad_enabled() \
                 and (self.cfg.checkpoint_activations or self.cfg.offload_activations):
-            return checkpoint(call, layer, h, context, memory, keys_values, position_keys, weights,
+            return checkpoint(call, layer, h, context, memory, keys_values, position_keys,
                               use_reentrant=False)
-        return call(layer, h, context, memory, keys_values, position_keys, weights)
+        return call(layer, h, context, memory, keys_values, position_keys)
 
     def _offload_context(self):
         if self.training and torch.is_grad_enabled() and self.cfg.offload_activations:
@@ -443,26 +434,22 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         """The weights may change: no cache made so far is used again (memories stay)."""
         self._cache_epoch += 1
         self._stream_caches.clear()
-        self._packed_weights = None
+        self._packed_softmax = None
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .half() / .cuda() / .float() replace the weights
         self.invalidate_inference_caches()
         return super()._apply(fn, *args, **kwargs)
 
-    def _usable_packed_weights(self) -> Optional[PackedWeights]:
-        """The softmax's and layers' weights packed for oneDNN for this cache epoch (made on first
-        use), in inference on CPU in fp32 where torch has oneDNN; None elsewhere
-        (packed_weights.py). The layers keep their own weights with ``--compile``."""
+    def _usable_packed_softmax(self) -> Optional[PackedSoftmax]:
+        """The softmax weights packed for oneDNN for this cache epoch (made on first use), in
+        inference on CPU in fp32 where torch has oneDNN; None elsewhere (packed_weights.py)."""
         if torch.is_grad_enabled() or self.training \
                 or not can_pack(self.softmax.out_layers[0].weight):
             return None
-        if self._packed_weights is None or self._packed_weights.epoch != self._cache_epoch:
-            layers = None if self.compiled_layers is not None \
-                else [layer.packed_weights() for layer in self.layers]
-            self._packed_weights = PackedWeights(self._cache_epoch, self.softmax.packed_clusters(),
-                                                 layers)
-        return self._packed_weights
+        if self._packed_softmax is None or self._packed_softmax.epoch != self._cache_epoch:
+            self._packed_softmax = PackedSoftmax(self._cache_epoch, self.softmax.packed_clusters())
+        return self._packed_softmax
 
     def train(self, mode: bool = True):
         if mode:
@@ -487,13 +474,13 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     def target_log_probs(self, features: Tensor, target: Tensor) -> Tensor:
         """features ``[B, T, d_model]``, target ``[B, T]`` -> fp32 ``[B, T]`` log p(target)."""
         flat = self.softmax.target_log_probs(features.reshape(-1, features.size(-1)), target.reshape(-1),
-                                             self._usable_packed_weights())
+                                             self._usable_packed_softmax())
         return flat.view(target.shape)
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:
         """Full fp32 log-probabilities ``[B, T, V]`` (generation-sized inputs only)."""
         flat = self.softmax.log_probs(features.reshape(-1, features.size(-1)),
-                                      self._usable_packed_weights())
+                                      self._usable_packed_softmax())
         return flat.view(*features.shape[:-1], flat.size(-1))
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
