@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 import torch
 
-from examples.fairseq_logs import parse_eval_lm
+from examples.fairseq_logs import parse_eval_lm, parse_word_probs
 from fairseq_commands import USER_DIR, preprocess, run, write_lines
 
 COMMON = ["--user-dir", USER_DIR, "--task", "truncated_bptt_lm", "--tokens-per-sample", "16",
@@ -38,12 +38,19 @@ def test_fairseq_train_and_eval_lm_in_bf16(data, tmp_path, flag, optimizer):
                if isinstance(group, dict))
     if flag != "--bf16":
         return  # the scoring below does not depend on how the model was trained
-    scores = {}
+    scores, word_log_probs = {}, {}
     for dtype in ("fp32", "bf16"):
         out = run("fairseq-eval-lm", data, *COMMON, "--path", save_dir / "checkpoint_last.pt",
-                  "--gen-subset", "valid", *(["--bf16"] if dtype == "bf16" else []))
+                  "--gen-subset", "valid", "--output-word-probs",
+                  *(["--bf16"] if dtype == "bf16" else []))
         scores[dtype] = parse_eval_lm(out)["loss"]
-    assert scores["bf16"] != scores["fp32"]  # eval-lm really scored in bf16...
+        word_log_probs[dtype] = [lp for _, words in sorted(parse_word_probs(out).items())
+                                 for _, lp in words]
+    # eval-lm really scored in bf16: the words' log-probabilities (printed to 6 decimals) differ.
+    # (Not the 4-decimal loss: averaged over this tiny split, it can round alike in both.)
+    fp32, bf16 = word_log_probs["fp32"], word_log_probs["bf16"]
+    assert len(fp32) == len(bf16) > 100
+    assert sum(a != b for a, b in zip(fp32, bf16)) > len(fp32) // 2
     assert abs(scores["bf16"] - scores["fp32"]) < 0.02 * scores["fp32"]  # ...to bf16 precision
 
 
