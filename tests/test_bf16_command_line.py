@@ -51,7 +51,7 @@ def test_fairseq_train_and_eval_lm_in_bf16(data, tmp_path, flag, optimizer):
     fp32, bf16 = word_log_probs["fp32"], word_log_probs["bf16"]
     assert len(fp32) == len(bf16) > 100
     assert sum(a != b for a, b in zip(fp32, bf16)) > len(fp32) // 2
-    assert abs(scores["bf16"] - scores["fp32"]) < 0.02 * scores["fp32"]  # ...to bf16 precision
+    assert abs(scores["bf16"] - scores["fp32"]) < 0.02 * scores["fp32"]  # and agree to bf16 precision
 
 
 def test_nothing_is_wrapped_where_torch_xla_is_installed(monkeypatch):
