@@ -11,6 +11,8 @@ from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from truncated_bptt.tied_table import output_weights_of
+
 
 @dataclass
 class AdaptiveCrossEntropyConfig(FairseqDataclass):
@@ -29,7 +31,8 @@ class AdaptiveCrossEntropyCriterion(CrossEntropyCriterion):
                 f"(e.g. --arch transformer_xl), got {type(model).__name__}; use --criterion cross_entropy"
             )
         target = model.get_targets(sample, net_output)
-        lp = decoder.target_log_probs(net_output[0], target)  # fp32 [B, T]
+        # fp32 [B, T]; with the softmax weights this forward returned (tied_table.py), if any
+        lp = decoder.target_log_probs(net_output[0], target, output_weights_of(net_output))
         nll = -lp.masked_fill(target.eq(self.padding_idx), 0.0)
         loss = nll.sum() if reduce else nll.view(-1)
         return loss, loss

@@ -42,6 +42,12 @@ class AdaptiveInput(nn.Module):
                 self.emb_layers.append(nn.Embedding(self.bounds[i + 1] - self.bounds[i], d_emb_i))
                 self.emb_projs.append(nn.Parameter(torch.empty(d_proj, d_emb_i)))
 
+    def project_rows(self, rows: Tensor) -> Tensor:
+        """Rows already gathered from the single table (``div_val == 1``) ``[B, T, d_embed]`` ->
+        the embeddings ``[B, T, d_proj]`` :meth:`forward` gives for their tokens."""
+        projection = self.emb_projs[0] if len(self.emb_projs) > 0 else None
+        return project_and_scale(rows, projection, self.emb_scale)
+
     def forward(self, tokens: Tensor) -> Tensor:
         """``[B, T]`` token ids -> ``[B, T, d_proj]``."""
         tables = [layer.weight for layer in self.emb_layers]
@@ -58,11 +64,7 @@ def adaptive_embedding(tokens: Tensor, tables: List[Tensor], projections: List[O
     ``projections[i]``.
     """
     if len(tables) == 1:
-        emb = F.embedding(tokens, tables[0])
-        projection = projections[0]
-        if projection is not None:
-            emb = F.linear(emb, projection)
-        return emb * scale
+        return project_and_scale(F.embedding(tokens, tables[0]), projections[0], scale)
     flat = tokens.reshape(-1)
     out = torch.zeros(flat.numel(), d_proj, dtype=tables[0].dtype, device=tokens.device)
     for i, table in enumerate(tables):
@@ -72,3 +74,10 @@ def adaptive_embedding(tokens: Tensor, tables: List[Tensor], projections: List[O
             emb_i = F.linear(F.embedding(flat.index_select(0, idx) - bounds[i], table), projection)
             out = out.index_copy(0, idx, emb_i.to(out.dtype))
     return (out * scale).view(tokens.size(0), tokens.size(1), d_proj)
+
+
+def project_and_scale(rows: Tensor, projection: Optional[Tensor], scale: float) -> Tensor:
+    """Single-table rows ``[..., d_embed]`` -> ``[..., d_proj]``: projected (if any), scaled."""
+    if projection is not None:
+        rows = F.linear(rows, projection)
+    return rows * scale

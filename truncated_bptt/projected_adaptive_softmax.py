@@ -9,7 +9,7 @@ one ``Linear(d_embed, n_token)`` and each cluster may still have its own project
 :meth:`target_log_probs` is target-indexed (never ``N x V``); :meth:`log_probs` gives full rows for
 generation. Logits are normalised in fp32.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +70,25 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                 self.out_projs.append(nn.Parameter(torch.empty(d_proj, d_emb_i)))
                 self.out_layers.append(nn.Linear(d_emb_i, self.bounds[i + 1] - self.bounds[i]))
 
-    def cluster_params(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-        """(weight, bias, projection or None) of every cluster (the head's without the cluster rows)."""
-        if self.div_val == 1:
+    def cluster_sizes(self) -> List[int]:
+        """Number of tokens of each cluster, head first (summing to ``n_token``)."""
+        return [hi - lo for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+
+    def cluster_params(self, weights: Optional[Sequence[Tensor]] = None
+                       ) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """(weight, bias, projection or None) of every cluster (the head's without the cluster rows).
+        ``weights``: the clusters' weights as a tied-table node handed them out (tied_table.py),
+        instead of slicing ``out_layers[0].weight`` here."""
+        if weights is not None:
+            if self.div_val != 1 or len(weights) != self.n_clusters + 1:
+                raise ValueError(f"{len(weights)} cluster weights for a softmax with "
+                                 f"{self.n_clusters + 1} clusters and div_val {self.div_val}")
+            biases = self.out_layers[0].bias.split(self.cluster_sizes(), dim=0)
+        elif self.div_val == 1:
             # One split per forward (not slicing per cluster): its backward assembles a single
             # gradient for the shared table instead of a zero-filled full-size one per cluster.
-            sizes = [hi - lo for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
-            weights = self.out_layers[0].weight.split(sizes, dim=0)
-            biases = self.out_layers[0].bias.split(sizes, dim=0)
+            weights = self.out_layers[0].weight.split(self.cluster_sizes(), dim=0)
+            biases = self.out_layers[0].bias.split(self.cluster_sizes(), dim=0)
         else:
             weights = [layer.weight for layer in self.out_layers]
             biases = [layer.bias for layer in self.out_layers]
@@ -106,12 +117,14 @@ class ProjectedAdaptiveSoftmax(nn.Module):
                  None if p is None else p.detach()) for w, b, p in clusters]
 
     def target_log_probs(self, hidden: Tensor, target: Tensor,
-                         packed: Optional[packed_weights.PackedSoftmax] = None) -> Tensor:
+                         packed: Optional[packed_weights.PackedSoftmax] = None,
+                         weights: Optional[Sequence[Tensor]] = None) -> Tensor:
         """hidden ``[N, d_proj]``, target ``[N]`` token ids -> fp32 ``[N]`` of ``log p(target)``;
-        ``packed``: this softmax's :meth:`packed_clusters` (inference only)."""
+        ``packed``: this softmax's :meth:`packed_clusters` (inference only); ``weights``: see
+        :meth:`cluster_params`."""
         if packed is not None:
             return adaptive_target_log_probs(hidden, target, packed.clusters, None, None, self.bounds)
-        return adaptive_target_log_probs(hidden, target, self.cluster_params(), *self.tail_rows(),
+        return adaptive_target_log_probs(hidden, target, self.cluster_params(weights), *self.tail_rows(),
                                          self.bounds)
 
     def log_probs(self, hidden: Tensor,

@@ -244,7 +244,9 @@ class RelativeMultiHeadAttention(nn.Module):
         n_head, d_head = self.n_head, self.d_head
         x = self.layer_norm(h) if self.pre_lnorm else h
         qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
-        kv = qkv[:, :, 1:]
+        # split/unbind rather than indexing: their backward writes each gradient once (cat/stack),
+        # where an index's backward zero-fills a tensor of the whole qkv (or kv) and adds it up
+        q, kv = qkv.split([1, 2], dim=2)
         if keys_values is not None:
             keys_values[:, keys_values.size(1) - qlen:].copy_(kv)
             kv = keys_values
@@ -252,7 +254,8 @@ class RelativeMultiHeadAttention(nn.Module):
             kv = torch.cat([self.memory_keys_values(memory).to(kv.dtype), kv], dim=1)
         if position_keys is None:
             position_keys = F.linear(encodings, self.r_net.weight)
-        q, k, v = qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]
+        q = q.squeeze(2)
+        k, v = kv.unbind(2)
         position_keys = position_keys.view(-1, n_head, d_head)
         if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
             attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,

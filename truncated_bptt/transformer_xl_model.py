@@ -35,6 +35,7 @@ from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
 from truncated_bptt.packed_weights import PackedSoftmax, can_pack
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
+from truncated_bptt.tied_table import TiedOutputWeights, gather_and_split, output_weights_of
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
 
     # ---------------------------------------------------------------- the network
     def forward_segment(self, tokens: Tensor, memory: Optional[XLMemory] = None,
-                        cache: Optional[InferenceCache] = None) -> Tuple[Tensor, Optional[XLMemory]]:
+                        cache: Optional[InferenceCache] = None,
+                        embedded: Optional[Tensor] = None) -> Tuple[Tensor, Optional[XLMemory]]:
         """One segment over its memory, as in the paper: embed, mask and relative positions, the
         layers over ``[memory; segment]``, the new memory.
 
@@ -287,10 +289,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         Returns features ``[B, T, d_model]`` and the memory after the segment (the last ``mem_len``
         positions; None when ``mem_len`` is 0). ``cache``: the inference pass's, only without
         gradients in eval mode (see :mod:`truncated_bptt.inference_cache`); None recomputes all.
+        ``embedded``: the tokens' embeddings ``[B, T, d_model]`` if already computed (:meth:`forward`
+        takes them from the tied-table node, see :meth:`_embed`).
         """
         if cache is not None and (torch.is_grad_enabled() or self.training):
             raise ValueError("an inference cache is only for eval mode without gradients")
-        h = self.embed(tokens)
+        h = self.embed(tokens) if embedded is None else embedded
         if memory is not None and memory.hiddens[0].dtype != h.dtype:
             memory = memory.to(dtype=h.dtype)
         qlen, mlen = tokens.size(1), 0 if memory is None else memory.length
@@ -362,21 +366,40 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         (normally the last one); with ``memory_key`` the segment continues those streams (segment
         0 starts them afresh); with neither it is one segment without memory.
         """
+        output_weights = None
         if incremental_state is not None:
             features = self._generation_step(src_tokens, incremental_state)
-        elif memory_key is not None:
-            features = self._stream_step(src_tokens, memory_key, segment_index)
         else:
-            features, _ = self.forward_segment(src_tokens)
-        return features, {"attn": [None], "inner_states": None}
+            embedded, output_weights = self._embed(src_tokens)
+            if memory_key is not None:
+                features = self._stream_step(src_tokens, memory_key, segment_index, embedded)
+            else:
+                features, _ = self.forward_segment(src_tokens, embedded=embedded)
+        # output_weights: the softmax's weights from the tied-table node of this forward, or None;
+        # target_log_probs takes them from here (tied_table.output_weights_of).
+        return features, {"attn": [None], "inner_states": None, "output_weights": output_weights}
+
+    def _embed(self, tokens: Tensor) -> Tuple[Tensor, Optional[TiedOutputWeights]]:
+        """``[B, T]`` -> the embeddings ``[B, T, d_model]``, with the softmax's cluster weights from
+        the same autograd node when training on CPU with the table tied (:mod:`truncated_bptt.tied_table`);
+        else ``(self.embed(tokens), None)``."""
+        table = self.embed.emb_layers[0].weight
+        if not (self.training and torch.is_grad_enabled() and table.requires_grad
+                and table.device.type == "cpu" and len(self.embed.emb_layers) == 1
+                and self.softmax.out_layers[0].weight is table):
+            return self.embed(tokens), None
+        rows, output_weights = gather_and_split(table, tokens, self.softmax.cluster_sizes())
+        return self.embed.project_rows(rows), output_weights
 
     def extract_features(self, prev_output_tokens: Tensor, **unused):
         """One segment without memory: ``(features [B, T, d_model], extra)``."""
         features, _ = self.forward_segment(prev_output_tokens)
         return features, {"attn": [None], "inner_states": None}
 
-    def _stream_step(self, tokens: Tensor, key: str, segment_index) -> Tensor:
-        """The next segment of the streams ``key``: over their memory, which it then replaces."""
+    def _stream_step(self, tokens: Tensor, key: str, segment_index,
+                     embedded: Optional[Tensor] = None) -> Tensor:
+        """The next segment of the streams ``key``: over their memory, which it then replaces.
+        ``embedded``: see :meth:`forward_segment`."""
         index = 0 if segment_index is None else int(segment_index)
         if index == 0:  # a new pass over the split: fresh memory and, without gradients, cache
             self.reset_stream_memory(key)
@@ -384,7 +407,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         cache = self._usable_cache(self._stream_caches.get(key))
         if cache is not None:
             self._stream_caches[key] = cache
-        features, memory = self.forward_segment(tokens, memory, cache)
+        features, memory = self.forward_segment(tokens, memory, cache, embedded)
         if memory is None:
             self._stream_memory.pop(key, None)
         else:
@@ -471,10 +494,14 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.invalidate_inference_caches()
 
     # ---------------------------------------------------------------- outputs
-    def target_log_probs(self, features: Tensor, target: Tensor) -> Tensor:
-        """features ``[B, T, d_model]``, target ``[B, T]`` -> fp32 ``[B, T]`` log p(target)."""
+    def target_log_probs(self, features: Tensor, target: Tensor,
+                         output_weights: Optional[TiedOutputWeights] = None) -> Tensor:
+        """features ``[B, T, d_model]``, target ``[B, T]`` -> fp32 ``[B, T]`` log p(target).
+        ``output_weights``: those the forward that made ``features`` returned beside them
+        (``tied_table.output_weights_of(net_output)``); without them the softmax slices its table."""
+        weights = None if output_weights is None else output_weights.clusters
         flat = self.softmax.target_log_probs(features.reshape(-1, features.size(-1)), target.reshape(-1),
-                                             self._usable_packed_softmax())
+                                             self._usable_packed_softmax(), weights)
         return flat.view(target.shape)
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:
@@ -496,7 +523,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         features = net_output[0]
         target = sample.get("target") if isinstance(sample, dict) else None
         if target is not None:
-            lp = self.target_log_probs(features, target)
+            lp = self.target_log_probs(features, target, output_weights_of(net_output))
             out = lp.unsqueeze(-1).expand(*lp.shape, len(self.dictionary))
         else:
             out = self.output_layer(features)
