@@ -2,7 +2,7 @@
 
 The benchmark configuration of benchmarks/compare.py (4 layers, d_model 256, 4 heads x 64,
 d_inner 1024, WikiText-2's vocabulary with cutoffs 2000,10000): training 8 x 128 tokens with
-mem_len 128 (forward, target-indexed loss, backward); scoring 1 x 64 tokens with mem_len 640,
+mem_len 128 (forward, target-indexed loss on the forward's tied output weights, backward); scoring 1 x 64 tokens with mem_len 640,
 clamp_len 400, same_length, in an inference pass (memory filled first). Prints, for each, the
 operators by their own (self) CPU time, and writes the same to
 ``benchmarks/results/profile-<UTC time>.txt``:
@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.model_speed import WT2_TRAIN, WT2_TYPES, build_dictionary, text_tokens, zipf_tokens
 from benchmarks.results_file import write_results
 from truncated_bptt.cpu_heap import keep_freed_memory
+from truncated_bptt.tied_table import output_weights_of
 from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,8 +49,8 @@ def profile_training(model, stream, steps: int) -> str:
 
     def step(i):
         src, tgt = stream[:, i * 128:(i + 1) * 128], stream[:, i * 128 + 1:(i + 1) * 128 + 1]
-        features, _ = model(src, memory_key="train", segment_index=i)
-        (-model.target_log_probs(features, tgt).sum()).backward()
+        net_output = model(src, memory_key="train", segment_index=i)
+        (-model.target_log_probs(net_output[0], tgt, output_weights_of(net_output)).sum()).backward()
         model.zero_grad(set_to_none=True)
 
     for i in range(3):  # warm-up (and compilation with --compile)
