@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from inference_models import small_decoder, tokens
 from truncated_bptt.adaptive_cross_entropy_criterion import AdaptiveCrossEntropyCriterion
-from truncated_bptt.tied_table import TiedOutputWeights, gather_and_split, output_weights_of
+from truncated_bptt.tied_table import TiedOutputWeights, gather_and_split, output_weights_of, tied_linear
 
 SIZES = [6, 10, 14]
 
@@ -55,6 +55,52 @@ def test_one_node_gives_autograds_gradient(used):
                                rtol=1e-6, atol=1e-6)
 
 
+def product_loss(clusters, xs, biases, uses, linear):
+    """sum over clusters i and uses j of linear((j + 1) xs[i], clusters[i], biases[i]), weighted
+    (every use with its own input, so that its weight gradient differs from the others')."""
+    loss = 0.0
+    for cluster, x, bias in zip(clusters, xs, biases):
+        for j, use in enumerate(uses):
+            x_j = x * (j + 1)
+            out = linear(x_j, cluster, bias) if use == "tied" else F.linear(x_j, cluster, bias)
+            loss = loss + (out * torch.arange(out.numel()).view_as(out).float().cos()).sum()
+    return loss
+
+
+@pytest.mark.parametrize("uses", [("tied",), ("tied", "tied"), ("tied", "plain"), ("plain", "tied")])
+def test_cluster_products_write_into_the_nodes_gradient_and_still_add_up(uses):
+    """A cluster's product through tied_linear writes its weight gradient into the node's table
+    gradient; a second product of the same cluster (or a plain one) must still be added to it."""
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(sum(SIZES), 8, generator=g)
+    ids = torch.randint(0, sum(SIZES), (2, 5), generator=g)
+    xs = [torch.randn(n, 8, generator=g, requires_grad=True) for n in (4, 3, 1)]
+    biases = [torch.randn(s, generator=g, requires_grad=True) for s in SIZES]
+    rows_weight = torch.randn(2, 5, 8, generator=g)
+
+    ref_table = table.clone().requires_grad_(True)
+    ref_loss = (F.embedding(ids, ref_table) * rows_weight).sum() + product_loss(
+        ref_table.split(SIZES), xs, biases, ["plain"] * len(uses), F.linear)
+    ref = torch.autograd.grad(ref_loss, [ref_table, *xs, *biases])
+
+    node_table = table.clone().requires_grad_(True)
+    rows, weights = gather_and_split(node_table, ids, SIZES)
+    outputs = [tied_linear(xs[0], weights.clusters[0], biases[0])]
+    assert type(outputs[0].grad_fn).__name__ == "_ClusterLinearBackward"  # the direct path runs
+    loss = (rows * rows_weight).sum() + product_loss(weights.clusters, xs, biases, uses, tied_linear)
+    got = torch.autograd.grad(loss, [node_table, *xs, *biases])
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_linear_leaves_other_weights_alone():
+    x, weight = torch.randn(3, 4), torch.randn(5, 4, requires_grad=True)
+    assert tied_linear(x, weight, None) is None
+    with torch.no_grad():
+        _, weights = gather_and_split(torch.randn(30, 4, requires_grad=True), torch.zeros(1, 1, dtype=torch.long), SIZES)
+        assert tied_linear(x, weights.clusters[0], None) is None
+
+
 def test_sizes_that_do_not_cover_the_table_are_refused():
     with pytest.raises(ValueError, match="do not add up"):
         gather_and_split(torch.zeros(10, 2, requires_grad=True), torch.zeros(1, 1, dtype=torch.long), [4, 4])
@@ -72,7 +118,19 @@ def criterion_loss(decoder, x, y):
     return loss, net_output
 
 
-@pytest.mark.parametrize("overrides", [{}, {"d_embed": 12}, {"cutoffs": [10]}])
+def graph_node_names(tensor):
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("overrides", [{}, {"d_embed": 12}, {"cutoffs": [10]}, {"div_val": 4, "cutoffs": []}])
 def test_model_training_through_the_node_has_the_reference_gradients(overrides):
     x, y = tokens(3, 8), tokens(3, 8, seed=1)
     grads = []
@@ -87,6 +145,8 @@ def test_model_training_through_the_node_has_the_reference_gradients(overrides):
         if use_node:  # the path this test is about ran: the softmax's weights came out of the node
             assert isinstance(weights, TiedOutputWeights)
             assert type(weights.clusters[0].grad_fn).__name__ == "_GatherAndSplitBackward"
+            # and the cluster products wrote their weight gradients into the node's directly
+            assert "_ClusterLinearBackward" in graph_node_names(loss)
         else:
             assert weights is None
         loss.backward()

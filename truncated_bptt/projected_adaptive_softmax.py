@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from truncated_bptt import packed_weights
+from truncated_bptt import packed_weights, tied_table
 from truncated_bptt.adaptive_input import cluster_bounds, cluster_dims
+
+
+@torch.jit.unused
+def _tied_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Optional[Tensor]:
+    # (eager only: the TorchScript scorer never trains)
+    return tied_table.tied_linear(x, weight, bias)
 
 
 @torch.jit.unused
@@ -29,7 +35,9 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``F.linear(x, weight, bias)``: x ``[N, d]``, weight ``[V, d]`` -> ``[N, V]``.
 
     A weight packed for oneDNN (:mod:`truncated_bptt.packed_weights`; inference passes on CPU)
-    goes to oneDNN's inner product.
+    goes to oneDNN's inner product. With gradients, a cluster slice of the tied table
+    (:mod:`truncated_bptt.tied_table`) goes to a product whose backward writes the weight's
+    gradient into the table's gradient directly.
 
     Without autograd (scoring, generation) it is computed as ``(weight @ x^T)^T``: for the few rows
     those have (one segment's tail-cluster targets, one generated token), CPU BLAS runs that layout
@@ -39,6 +47,10 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """
     if weight.is_mkldnn:
         return _packed_linear(x, weight, bias)
+    if torch.is_grad_enabled() and not torch.jit.is_scripting():
+        out = _tied_linear(x, weight, bias)
+        if out is not None:
+            return out
     if torch.is_grad_enabled() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     rows = x.size(0)
@@ -80,9 +92,9 @@ class ProjectedAdaptiveSoftmax(nn.Module):
         ``weights``: the clusters' weights as a tied-table node handed them out (tied_table.py),
         instead of slicing ``out_layers[0].weight`` here."""
         if weights is not None:
-            if self.div_val != 1 or len(weights) != self.n_clusters + 1:
+            if len(self.out_layers) != 1 or len(weights) != self.n_clusters + 1:
                 raise ValueError(f"{len(weights)} cluster weights for a softmax with "
-                                 f"{self.n_clusters + 1} clusters and div_val {self.div_val}")
+                                 f"{self.n_clusters + 1} clusters in {len(self.out_layers)} tables")
             biases = self.out_layers[0].bias.split(self.cluster_sizes(), dim=0)
         elif self.div_val == 1:
             # One split per forward (not slicing per cluster): its backward assembles a single

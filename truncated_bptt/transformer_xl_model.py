@@ -386,7 +386,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         table = self.embed.emb_layers[0].weight
         if not (self.training and torch.is_grad_enabled() and table.requires_grad
                 and table.device.type == "cpu" and len(self.embed.emb_layers) == 1
-                and self.softmax.out_layers[0].weight is table):
+                and len(self.softmax.out_layers) == 1 and self.softmax.out_layers[0].weight is table):
             return self.embed(tokens), None
         rows, output_weights = gather_and_split(table, tokens, self.softmax.cluster_sizes())
         return self.embed.project_rows(rows), output_weights
