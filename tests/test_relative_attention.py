@@ -104,6 +104,17 @@ def test_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, m
     ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len)
     # encodings are computed in fp32 (as the originals do), hence not 1e-12
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    # and the gradients, to the input and every weight (q/k/v come out of the fused projection by
+    # split/unbind, whose backward must add up to what the naive reference's autograd gives)
+    weight = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    params = [h.requires_grad_(True)] + list(attn.parameters())
+    ours = attn(h, pos_emb, mask, u, v, memory=mem)
+    ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len)
+    for a, b in zip(torch.autograd.grad((ours * weight).sum(), params, allow_unused=True),
+                    torch.autograd.grad((ref * weight).sum(), params, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("mlen,qlen,mem_len", [(3, 4, 3), (0, 6, 4), (5, 1, 5)])
