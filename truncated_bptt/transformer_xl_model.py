@@ -360,7 +360,9 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     def forward(self, src_tokens: Tensor, src_lengths=None, incremental_state=None,
                 memory_key: Optional[str] = None, segment_index: Optional[int] = None,
                 encoder_out=None, **unused):
-        """src_tokens ``[B, T]`` -> ``(features [B, T', d_model], {"attn": [None], "inner_states": None})``.
+        """src_tokens ``[B, T]`` -> ``(features [B, T', d_model], extra)``; ``extra`` is fairseq's
+        ``{"attn": [None], "inner_states": None}`` plus ``"output_weights"``: the softmax's weights
+        from this forward's tied-table node, or None (see :meth:`_embed`).
 
         With ``incremental_state`` (generation) only the ``T'`` tokens not yet consumed are run
         (normally the last one); with ``memory_key`` the segment continues those streams (segment
