@@ -203,3 +203,16 @@ def test_softmax_layout_script_checks_and_writes_every_layout(tmp_path):
     assert written.name.startswith("softmax-layout-") and written.suffix == ".txt"
     rows = written.read_text().splitlines()[2:]
     assert len(rows) == 3 * 6 and all(row.rstrip().endswith("x") for row in rows)
+
+
+def test_tied_table_speed_script_checks_gradients_and_writes_both_variants(tmp_path):
+    """benchmarks/tied_table_speed.py (quoted in docs/model.md): it checks the two variants'
+    gradients agree (and that each variant really ran) before timing, and writes both rows."""
+    subprocess.run([sys.executable, "-m", "benchmarks.tied_table_speed", "--rounds", "1", "--steps", "1",
+                    "--out", str(tmp_path)], cwd=ROOT, env=cli_env(), check=True, stdout=subprocess.PIPE)
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("tied-table-") and written.suffix == ".txt"
+    text = written.read_text()
+    worst = float(text.split("largest entry: ")[1].split()[0])
+    assert worst < 1e-5
+    assert "\nplain " in text and "\none node " in text and "x faster" in text
