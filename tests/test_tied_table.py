@@ -93,6 +93,18 @@ def test_cluster_products_write_into_the_nodes_gradient_and_still_add_up(uses):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_retained_graph_gives_the_same_gradient_twice():
+    g = torch.Generator().manual_seed(2)
+    table = torch.randn(sum(SIZES), 8, generator=g, requires_grad=True)
+    ids = torch.randint(0, sum(SIZES), (2, 5), generator=g)
+    xs = [torch.randn(3, 8, generator=g) for _ in SIZES]
+    rows, weights = gather_and_split(table, ids, SIZES)
+    loss = rows.square().sum() + product_loss(weights.clusters, xs, [None] * len(SIZES), ["tied"], tied_linear)
+    (first,) = torch.autograd.grad(loss, [table], retain_graph=True)
+    (second,) = torch.autograd.grad(loss, [table])
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
 def test_tied_linear_leaves_other_weights_alone():
     x, weight = torch.randn(3, 4), torch.randn(5, 4, requires_grad=True)
     assert tied_linear(x, weight, None) is None

@@ -41,13 +41,16 @@ class _GatherAndSplit(torch.autograd.Function):
         ctx.save_for_backward(tokens)
         ctx.sizes = sizes
         ctx.table_grad = None  # made by the first cluster product's backward (_ClusterLinear)
+        ctx.claimed = set()  # the clusters whose rows a product's backward has written
         ctx.set_materialize_grads(False)  # a cluster without targets sends no gradient
         return (F.embedding(tokens, table), *table.split(sizes))
 
     @staticmethod
     def backward(ctx, rows_grad: Optional[Tensor], *cluster_grads: Optional[Tensor]):
         (tokens,) = ctx.saved_tensors
-        grad, ctx.table_grad = ctx.table_grad, None  # (dropped here, so autograd can keep it as .grad)
+        # dropped here, so that autograd can keep it as .grad (and a retained graph's next
+        # backward starts afresh)
+        grad, ctx.table_grad, ctx.claimed = ctx.table_grad, None, set()
         if grad is None:
             like = rows_grad if rows_grad is not None else next(g for g in cluster_grads if g is not None)
             grad = like.new_empty(sum(ctx.sizes), like.size(-1))
@@ -94,7 +97,6 @@ def _claim_rows(node, cluster: int, like: Tensor, width: int) -> Optional[Tensor
     tensor, which autograd adds and the node then copies)."""
     if node.table_grad is None:
         node.table_grad = like.new_empty(sum(node.sizes), width)
-        node.claimed = set()
     if cluster in node.claimed:
         return None
     node.claimed.add(cluster)
