@@ -216,3 +216,16 @@ def test_tied_table_speed_script_checks_gradients_and_writes_both_variants(tmp_p
     worst = float(text.split("largest entry: ")[1].split()[0])
     assert worst < 1e-5
     assert "\nplain " in text and "\none node " in text and "x faster" in text
+
+
+def test_scoring_attention_speed_script_checks_both_kernels_and_writes_both_variants(tmp_path):
+    """benchmarks/scoring_attention_speed.py (quoted in docs/model.md): it checks that each variant
+    ran its kernel and that their log-probabilities agree before timing, and writes both rows."""
+    subprocess.run([sys.executable, "-m", "benchmarks.scoring_attention_speed", "--rounds", "1",
+                    "--segments", "12", "--out", str(tmp_path)], cwd=ROOT, env=cli_env(), check=True,
+                   stdout=subprocess.PIPE)
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("scoring-attention-") and written.suffix == ".txt"
+    text = written.read_text()
+    assert float(text.split("indexed vs reference: ")[1].split()[0]) < 1e-5
+    assert "\nindexed " in text and "\nreference " in text and "indexed faster in " in text

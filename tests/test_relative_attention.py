@@ -4,11 +4,13 @@ import math
 import pytest
 import torch
 
+from truncated_bptt import relative_attention
 from truncated_bptt.relative_attention import (
     RelativeMultiHeadAttention,
     attention_mask,
     expand_clamped_positions,
     position_encodings,
+    position_index,
     rel_shift,
 )
 
@@ -153,6 +155,88 @@ def test_fused_attention_equals_the_reference_with_gradients(mlen, qlen, same_le
         results.append([out, h.grad, u.grad, v.grad] + [p.grad for p in attn.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def indexed_calls(monkeypatch):
+    """How many times the attention ran indexed_relative_attention (so a fallback cannot pass)."""
+    calls = []
+    kernel = relative_attention.indexed_relative_attention
+
+    def counting(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(relative_attention, "indexed_relative_attention", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "mlen,qlen,clamp_len,same_length,mem_len,same_length_mask",
+    [
+        (0, 5, -1, False, 0, "authors"),   # no memory
+        (3, 4, -1, False, 3, "authors"),   # memory
+        (4, 3, 2, False, 4, "authors"),    # clamp_len
+        (3, 4, -1, True, 3, "authors"),    # same_length, full memory
+        (2, 3, 3, True, 5, "authors"),     # same_length, memory not yet full, clamp
+        (6, 4, 3, True, 6, "nvidia"),      # NVIDIA's mask, clamp with fewer distinct distances
+        (5, 1, 2, False, 5, "authors"),    # one query (generation), no mask
+    ],
+)
+@pytest.mark.parametrize("distinct", [False, True])
+def test_indexed_attention_matches_naive_reference(mlen, qlen, clamp_len, same_length, mem_len,
+                                                   same_length_mask, distinct, indexed_calls):
+    """The inference kernel (position scores realigned and masked by one gather, the content term
+    added by the GEMM) against the naive loops, and equal to the reference kernel; fp64."""
+    attn = make_attention(True, implementation="auto")
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, qlen, 8, generator=g, dtype=torch.float64)
+    mem = torch.randn(2, mlen, 8, generator=g, dtype=torch.float64) if mlen else None
+    u, v = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    enc = position_encodings(mlen + qlen, 8, clamp_len, dtype=torch.float64, distinct=distinct)
+    mask = attention_mask(qlen, mlen, same_length, mem_len, same_length_mask=same_length_mask) \
+        if qlen > 1 or same_length else None
+    index = position_index(qlen, mlen, enc.size(0) - 1, mask)
+    ours = attn(h, enc, mask, u, v, memory=mem, position_index=index)
+    assert len(indexed_calls) == 1
+    ref = naive_attention(attn, h, mem, u, v, clamp_len, same_length, mem_len, same_length_mask)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    reference = attn(h, enc, mask, u, v, memory=mem)  # no index: the reference kernel
+    assert len(indexed_calls) == 1
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_indexed_attention_is_only_for_auto_in_eval_and_full_precision(indexed_calls):
+    attn = make_attention(False, implementation="auto").float()
+    h, enc = torch.randn(1, 4, 8), position_encodings(4, 8, -1)
+    mask = attention_mask(4, 0, False, 0)
+    index = position_index(4, 0, enc.size(0) - 1, mask)
+    args = (h, enc, mask, torch.randn(2, 3), torch.randn(2, 3))
+    attn(*args, position_index=index)
+    assert len(indexed_calls) == 1
+    attn.train()(*args, position_index=index)
+    attn.eval().implementation = "reference"
+    attn(*args, position_index=index)
+    attn.implementation = "auto"
+    attn.bfloat16()(h.bfloat16(), enc.bfloat16(), mask, args[3].bfloat16(), args[4].bfloat16(),
+                    position_index=index)
+    assert len(indexed_calls) == 1
+
+
+def test_position_index_points_at_each_pairs_distance_and_masked_pairs_at_the_pad():
+    """Written out: column P - min(d, P - 1) for distance d, column 0 where masked."""
+    qlen, mlen, mem_len = 3, 5, 5
+    for positions in (mlen + qlen, 4):  # all distances, or the distinct ones of clamp_len 3
+        mask = attention_mask(qlen, mlen, True, mem_len)
+        index = position_index(qlen, mlen, positions, mask)
+        assert index.shape == (qlen, mlen + qlen) and index.dtype == torch.int64
+        for i in range(qlen):
+            for j in range(mlen + qlen):
+                distance = mlen + i - j
+                want = 0 if mask[i, j] else positions - min(distance, positions - 1)
+                assert index[i, j] == want
+                if not mask[i, j]:
+                    assert 1 <= want <= positions
 
 
 def test_expanding_distinct_clamped_scores_gives_the_full_scores():

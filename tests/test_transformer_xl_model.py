@@ -301,6 +301,43 @@ def test_sdpa_attention_model_equals_the_reference_model():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [
+    {"mem_len": 6, "same_length": True, "clamp_len": 3},  # distinct clamped distances
+    {"mem_len": 6, "same_length": True, "same_length_mask": "nvidia"},
+    {"mem_len": 5},
+])
+def test_inference_passes_attend_by_the_position_index(options, monkeypatch):
+    """An evaluation pass and a generation with --attention auto on CPU in fp32 run every layer
+    through indexed_relative_attention (counted, so a fallback cannot pass) and give what the same
+    weights give with --attention reference; a bf16 pass builds no index (its scores are
+    normalised in fp32 by the reference kernel). The cached position keys are stored transposed."""
+    from truncated_bptt import relative_attention
+
+    calls = []
+    kernel = relative_attention.indexed_relative_attention
+    monkeypatch.setattr(relative_attention, "indexed_relative_attention",
+                        lambda *args: calls.append(1) or kernel(*args))
+    models = [small_decoder(attention=impl, **options).eval() for impl in ("auto", "reference")]
+    x = tokens(2, 20)
+    results, counts = [], []
+    with torch.no_grad():
+        for m in models:
+            passed = validation_pass(m, x.split(4, 1))
+            state = {}
+            generated = [m(x[:, :t], incremental_state=state)[0] for t in range(1, 8)]
+            results.append(passed + generated)
+            counts.append(len(calls))
+    n_layer = len(models[0].layers)
+    assert counts == [n_layer * (5 + 7)] * 2  # 5 segments and 7 generation steps; none by reference
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    cache = next(iter(models[0]._stream_caches.values()))
+    for keys in next(iter(cache._position_keys.values())):
+        assert keys.t().is_contiguous()  # [n_head * d_head, K + 1] in memory
+    validation_pass(models[0].bfloat16(), x.split(4, 1))
+    assert len(calls) == n_layer * (5 + 7)
+
+
 def test_no_gradient_reaches_memory():
     dec = small_decoder(mem_len=8, untie_weight=True)
     first = torch.full((2, 8), 40)  # token 40 appears only in the first segment

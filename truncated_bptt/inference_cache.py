@@ -5,6 +5,8 @@ an evaluation pass over a split (fairseq-train's validation, fairseq-eval-lm), o
 (fairseq-generate / -interactive). Within it consecutive segments share
 
 - the attention mask and position encodings of each shape (they depend on shapes and options only),
+  and, in fp32, the index that realigns the position scores and applies the mask
+  (:func:`~truncated_bptt.relative_attention.position_index`),
 - every layer's position keys ``r_net(encodings)`` of each shape (they depend on the weights),
 - the keys and values of the memory, kept beside it (:class:`~truncated_bptt.memory.XLMemory`) and
   grown in place (:class:`~truncated_bptt.memory_buffers.MemoryBuffers`), so a segment never
@@ -22,11 +24,11 @@ import itertools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from truncated_bptt.memory import XLMemory
 from truncated_bptt.memory_buffers import MemoryBuffers
+from truncated_bptt.relative_attention import position_index
 
 _SERIALS = itertools.count(1)
 
@@ -39,6 +41,7 @@ class InferenceCache:
         self.serial = next(_SERIALS)  # tags the keys/values this pass stores in memories
         self._mask_and_encodings: Dict[tuple, Tuple[Optional[Tensor], Tensor]] = {}
         self._position_keys: Dict[tuple, List[Tensor]] = {}
+        self._position_index: Dict[tuple, Tensor] = {}
 
     def mask_and_encodings(self, qlen: int, mlen: int, like: Tensor,
                            make: Callable[[int, int, Tensor], Tuple[Optional[Tensor], Tensor]]
@@ -51,16 +54,31 @@ class InferenceCache:
             self._mask_and_encodings[key] = make(qlen, mlen, like)
         return self._mask_and_encodings[key]
 
+    def position_index(self, qlen: int, mlen: int, positions: int, mask: Optional[Tensor],
+                       device: torch.device) -> Tensor:
+        """:func:`~truncated_bptt.relative_attention.position_index` of this shape, made once (the
+        mask is this cache's own for the same shape, so the key determines it too)."""
+        key = (qlen, mlen, positions, device)
+        if key not in self._position_index:
+            if len(self._position_index) >= 16:  # generation: a new key length every step
+                self._position_index.clear()
+            self._position_index[key] = position_index(qlen, mlen, positions, mask, device)
+        return self._position_index[key]
+
     def position_keys(self, layers: nn.ModuleList, encodings: Tensor) -> List[Tensor]:
-        """Every layer's ``r_net(encodings)`` ``[K + 1, n_head * d_head]``, one GEMM for all layers."""
+        """Every layer's ``r_net(encodings)`` ``[K + 1, n_head * d_head]`` (a transposed view), one
+        GEMM for all layers."""
         key = (encodings.shape, encodings.dtype, encodings.device)
         if key not in self._position_keys:
             if len(self._position_keys) >= 16:
                 self._position_keys.clear()
             weight = torch.cat([layer.attn.r_net.weight for layer in layers], dim=0)
             sizes = [layer.attn.r_net.out_features for layer in layers]
-            keys = F.linear(encodings, weight).split(sizes, dim=1)
-            self._position_keys[key] = [k.contiguous() for k in keys]
+            # Stored transposed: each layer's keys are a view of a contiguous
+            # [n_head * d_head, K + 1], so the [n_head, d_head, K + 1] operand of the attention's
+            # position GEMM is contiguous (strided, BLAS reads it markedly slower at scoring sizes).
+            keys = torch.matmul(weight, encodings.t()).split(sizes, dim=0)
+            self._position_keys[key] = [k.t() for k in keys]
         return self._position_keys[key]
 
 

@@ -36,11 +36,14 @@ class AttentionContext(NamedTuple):
     mask: bool ``[T, K]``, True where a query must not see a key; None when nothing is hidden.
     r_w_bias, r_r_bias: ``[n_head, d_head]`` ``u``/``v`` shared by all layers (``--tie-r``), or None
         when every layer owns its own.
+    position_index: int64 ``[T, K]`` (:func:`position_index`) for :func:`indexed_relative_attention`
+        in inference passes that are not in half precision; None elsewhere.
     """
     encodings: Tensor
     mask: Optional[Tensor]
     r_w_bias: Optional[Tensor]
     r_r_bias: Optional[Tensor]
+    position_index: Optional[Tensor]
 
 
 def relative_positions(klen: int, clamp_len: int, device: Optional[torch.device] = None) -> Tensor:
@@ -120,6 +123,24 @@ def attention_mask(qlen: int, mlen: int, same_length: bool, mem_len: int,
     return mask
 
 
+def position_index(qlen: int, mlen: int, positions: int, mask: Optional[Tensor],
+                   device: Optional[torch.device] = None) -> Tensor:
+    """Where :func:`indexed_relative_attention` reads each (query, key) pair's position score.
+
+    ``positions``: the rows of :func:`position_encodings` after its zero row (``P``; they stand for
+    distances ``P-1, ..., 0``, the first clamped). Returns int64 ``[qlen, mlen + qlen]``: for query
+    ``i`` and key ``j`` at distance ``d = mlen + i - j``, column ``P - min(d, P - 1)`` of the
+    position scores ``[..., P + 1]``; column 0 (the zero row's, which that function overwrites with
+    the mask value) where ``mask`` hides the key.
+    """
+    i = torch.arange(qlen, device=device).unsqueeze(1)
+    j = torch.arange(mlen + qlen, device=device).unsqueeze(0)
+    index = positions - (mlen + i - j).clamp(0, positions - 1)
+    if mask is not None:
+        index = index.masked_fill(mask, 0)
+    return index
+
+
 def rel_shift(x_padded: Tensor) -> Tensor:
     """Realign position scores from (query, encoding row) to (query, key) by pad-and-reshape.
 
@@ -168,6 +189,38 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     prob = torch.softmax(score, dim=-1).to(v.dtype)
     if dropatt > 0.0 and training:
         prob = F.dropout(prob, p=dropatt)
+    attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
+    return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
+
+
+def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
+                               r_w_bias: Tensor, r_r_bias: Tensor, index: Tensor) -> Tensor:
+    """:func:`relative_attention` without dropout, for inference passes in fp32 (or fp64), in fewer
+    passes over the ``[B, H, T, K]`` scores.
+
+    The position scores against the (distinct) encodings are realigned to (query, key) pairs by one
+    gather with ``index`` (:func:`position_index`, made once per shape by the inference cache),
+    which also writes the mask: masked pairs read column 0, set to ``-1e30`` here (its true score,
+    against the zero row, is never read). The content term is then added by the matrix product
+    itself (``baddbmm_``), so the scores are written once and read once more, by the softmax,
+    where the reference writes them with the content GEMM and then adds the expanded, shifted
+    position term and the mask in further passes. Masked scores end as ``-1e30 + (q+u).k``, which is
+    ``-1e30`` in fp32 (the product is far below its rounding step), and the softmax gives them 0
+    as in the reference. Same arguments as :func:`relative_attention` (q, k, v fp32), with
+    ``index`` ``[T, K]`` in place of the mask.
+    """
+    bsz, qlen, n_head, d_head = q.shape
+    klen = k.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*T, P+1]
+    position[:, :, 0] = -1e30  # MASK_VALUE: what masked pairs read
+    position = position.view(n_head, bsz, qlen, -1).transpose(0, 1)
+    score = position.gather(3, index.expand(bsz, n_head, qlen, klen))  # [B, H, T, K], contiguous
+    q_content = ((q + r_w_bias) * scale).transpose(1, 2).reshape(bsz * n_head, qlen, d_head)
+    keys = k.permute(0, 2, 3, 1).reshape(bsz * n_head, d_head, klen)
+    score.view(bsz * n_head, qlen, klen).baddbmm_(q_content, keys)
+    prob = torch.softmax(score, dim=-1)
     attn = torch.matmul(prob, v.transpose(1, 2))  # [B, H, T, Dh]
     return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
@@ -230,7 +283,8 @@ class RelativeMultiHeadAttention(nn.Module):
 
     def forward(self, h: Tensor, encodings: Tensor, mask: Optional[Tensor], r_w_bias: Tensor,
                 r_r_bias: Tensor, memory: Optional[Tensor] = None,
-                keys_values: Optional[Tensor] = None, position_keys: Optional[Tensor] = None) -> Tensor:
+                keys_values: Optional[Tensor] = None, position_keys: Optional[Tensor] = None,
+                position_index: Optional[Tensor] = None) -> Tensor:
         """h ``[B, T, d_model]`` -> ``[B, T, d_model]``, attending over ``[memory; h]``.
 
         The memory's keys/values come from one of:
@@ -239,6 +293,8 @@ class RelativeMultiHeadAttention(nn.Module):
           them (an inference pass keeps them, :mod:`truncated_bptt.inference_cache`): the segment's
           keys/values are written into the last ``T`` positions and ``memory`` is not read.
         position_keys: ``r_net(encodings)`` ``[K + 1, n_head * d_head]`` if already computed.
+        position_index: an inference pass's (:class:`AttentionContext`); ``auto`` off CUDA then
+        attends by :func:`indexed_relative_attention` (the mask is in the index), in fp32/fp64.
         """
         bsz, qlen, _ = h.shape
         n_head, d_head = self.n_head, self.d_head
@@ -260,6 +316,10 @@ class RelativeMultiHeadAttention(nn.Module):
         if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
             attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
                                             self.dropatt, self.training)
+        elif position_index is not None and self.implementation == "auto" and not self.training \
+                and not (q.dtype == torch.float16 or q.dtype == torch.bfloat16):
+            attn = indexed_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias,
+                                              position_index)
         else:
             attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
                                       self.dropatt, self.training)

@@ -123,7 +123,7 @@ class TransformerXLScorer(nn.Module):
                               self.same_length_mask)
         encodings = position_encodings(mlen + qlen, self.d_model, self.clamp_len, h.device, h.dtype,
                                        distinct=True)
-        context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get())
+        context = AttentionContext(encodings, mask, self.r_w_bias.get(), self.r_r_bias.get(), None)
         new_mems: List[Tensor] = []
         for i, layer in enumerate(self.layers):
             mem: Optional[Tensor] = None

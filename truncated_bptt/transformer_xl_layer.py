@@ -64,5 +64,6 @@ class TransformerXLLayer(nn.Module):
             r_w_bias, r_r_bias = context.r_w_bias, context.r_r_bias
         assert r_w_bias is not None and r_r_bias is not None, "shared u/v missing from the context"
         out = self.attn(h, context.encodings, context.mask, r_w_bias, r_r_bias, memory=memory,
-                        keys_values=keys_values, position_keys=position_keys)
+                        keys_values=keys_values, position_keys=position_keys,
+                        position_index=context.position_index)
         return self.ff(out)

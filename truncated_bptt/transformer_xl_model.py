@@ -317,9 +317,12 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
                            cache: Optional[InferenceCache]) -> AttentionContext:
         if cache is None:
             mask, encodings = self._mask_and_encodings(qlen, mlen, like)
-        else:
-            mask, encodings = cache.mask_and_encodings(qlen, mlen, like, self._mask_and_encodings)
-        return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias)
+            return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias, None)
+        mask, encodings = cache.mask_and_encodings(qlen, mlen, like, self._mask_and_encodings)
+        index = None  # not in half precision, whose scores the attention normalises in fp32
+        if like.dtype not in (torch.float16, torch.bfloat16):
+            index = cache.position_index(qlen, mlen, encodings.size(0) - 1, mask, like.device)
+        return AttentionContext(encodings, mask, self.r_w_bias, self.r_r_bias, index)
 
     def _mask_and_encodings(self, qlen: int, mlen: int, like: Tensor) -> Tuple[Optional[Tensor], Tensor]:
         """The attention mask ``[qlen, mlen + qlen]`` (None where nothing is hidden: a single new
