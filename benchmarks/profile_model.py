@@ -4,7 +4,9 @@ The benchmark configuration of benchmarks/compare.py (4 layers, d_model 256, 4 h
 d_inner 1024, WikiText-2's vocabulary with cutoffs 2000,10000): training 8 x 128 tokens with
 mem_len 128 (forward, target-indexed loss on the forward's tied output weights, backward); scoring 1 x 64 tokens with mem_len 640,
 clamp_len 400, same_length, in an inference pass (memory filled first). Prints, for each, the
-operators by their own (self) CPU time, and writes the same to
+operators by their own (self) CPU time; for scoring also the time of the softmax's products beside
+the bytes of weights they read, and the machine's streaming read bandwidth from main memory (what
+those products would take if their weights come from there every step). Writes the same to
 ``benchmarks/results/profile-<UTC time>.txt``:
 
     .venv/py310/bin/python -m benchmarks.profile_model [--attention sdpa] [--compile]
@@ -12,6 +14,8 @@ operators by their own (self) CPU time, and writes the same to
 import argparse
 import datetime
 import os
+import statistics
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -61,23 +65,61 @@ def profile_training(model, stream, steps: int) -> str:
     return table(prof, 25)
 
 
+def streaming_read_gb_per_s(megabytes: int = 256, runs: int = 5) -> float:
+    """The machine's read bandwidth from main memory: the median time of summing an fp32 tensor of
+    ``megabytes``, far larger than the CPU's caches."""
+    big = torch.ones(megabytes * 2 ** 20 // 4)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        big.sum()
+        times.append(time.perf_counter() - start)
+    return megabytes * 2 ** 20 / statistics.median(times) / 1e9
+
+
+def output_weight_bytes(model, target) -> int:
+    """Bytes of softmax weights a scoring step reads for ``target``: the head's (with its rows for
+    the tail clusters), and each tail cluster's that holds a target (one table, no projections:
+    the benchmark configuration)."""
+    softmax = model.softmax
+    bounds, d_embed = softmax.bounds, softmax.out_layers[0].weight.size(1)
+    rows = bounds[1] + softmax.n_clusters
+    for lo, hi in zip(bounds[1:-1], bounds[2:]):
+        if bool(((target >= lo) & (target < hi)).any()):
+            rows += hi - lo
+    return 4 * d_embed * rows
+
+
 @torch.no_grad()
 def profile_scoring(model, stream, steps: int) -> str:
     model.set_memory_options(mem_len=640, clamp_len=400, same_length=True)
     model.eval()
     tokens = stream[0].unsqueeze(0)
+    weight_bytes = []
 
     def step(i):
         src, tgt = tokens[:, i * 64:(i + 1) * 64], tokens[:, i * 64 + 1:(i + 1) * 64 + 1]
         features, _ = model(src, memory_key="valid", segment_index=i)
         model.target_log_probs(features, tgt)
+        weight_bytes.append(output_weight_bytes(model, tgt))
 
     for i in range(12):  # fill the memory to its full 640 positions first
         step(i)
+    weight_bytes.clear()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(12, 12 + steps):
             step(i)
-    return table(prof, 25)
+    # Only the softmax's products run on oneDNN-packed weights in scoring (packed_weights.py).
+    products_us = sum(e.self_cpu_time_total for e in prof.key_averages()
+                      if e.key == "mkldnn::_linear_pointwise") / steps
+    read_mb = sum(weight_bytes) / steps / 1e6
+    if products_us > 0:
+        products = (f"the softmax's products on packed weights: {products_us / 1e3:.2f} ms a step, "
+                    f"reading {read_mb:.1f} MB of weights on average ({read_mb / products_us * 1e3:.1f} GB/s)")
+    else:
+        products = "the softmax's products: not on packed weights here (no oneDNN), not separated"
+    bandwidth = (f"streaming read of a 256 MB tensor (main memory): {streaming_read_gb_per_s():.1f} GB/s")
+    return "\n".join([table(prof, 25), products, bandwidth])
 
 
 def main():

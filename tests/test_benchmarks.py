@@ -229,3 +229,17 @@ def test_scoring_attention_speed_script_checks_both_kernels_and_writes_both_vari
     text = written.read_text()
     assert float(text.split("indexed vs reference: ")[1].split()[0]) < 1e-5
     assert "\nindexed " in text and "\nreference " in text and "indexed faster in " in text
+
+
+def test_profile_model_reports_the_softmax_products_beside_the_bytes_they_read(tmp_path):
+    """benchmarks/profile_model.py (quoted in docs/benchmarks.md): both profiles, and for scoring the
+    softmax products' time beside the weights they read and the machine's streaming bandwidth."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.profile_model", "--steps", "1",
+                          "--out", str(tmp_path)], cwd=ROOT, env=cli_env(), check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("profile-") and written.read_text() in out
+    assert "training step" in out and "scoring step" in out
+    read_mb = float(out.split("reading ")[1].split(" MB")[0])
+    assert read_mb > 4 * 256 * 2002 / 1e6  # at least the head's weights every step
+    assert float(out.split("(main memory): ")[1].split(" GB/s")[0]) > 0
