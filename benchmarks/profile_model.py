@@ -43,6 +43,14 @@ def build(args):
     return model, stream
 
 
+def build_auto(train_txt=None):
+    """:func:`build` with the defaults (``--attention auto``, no compile) on ``train_txt``, or on
+    WikiText-2's train.txt where it is present: (decoder, stream)."""
+    if train_txt is None and os.path.exists(WT2_TRAIN):
+        train_txt = WT2_TRAIN
+    return build(argparse.Namespace(train_txt=train_txt, attention="auto", compile=False))
+
+
 def table(prof, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.profile_model import build
+from benchmarks.profile_model import build_auto
 from benchmarks.results_file import write_results
 from truncated_bptt import relative_attention
 
@@ -83,10 +83,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from benchmarks.model_speed import WT2_TRAIN
-    args.train_txt = args.train_txt or (WT2_TRAIN if os.path.exists(WT2_TRAIN) else None)
-    args.attention, args.compile = "auto", False
-    decoder, stream = build(args)
+    decoder, stream = build_auto(args.train_txt)
     stream = stream.reshape(1, -1)
     if stream.size(1) < 64 * args.segments + 1:
         raise SystemExit(f"scoring_attention_speed: --segments {args.segments} needs "

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.profile_model import build
+from benchmarks.profile_model import build_auto
 from benchmarks.results_file import write_results
 from truncated_bptt.adaptive_cross_entropy_criterion import AdaptiveCrossEntropyCriterion
 from truncated_bptt.cpu_heap import keep_freed_memory
@@ -79,10 +79,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from benchmarks.model_speed import WT2_TRAIN
-    args.train_txt = args.train_txt or (WT2_TRAIN if os.path.exists(WT2_TRAIN) else None)
-    args.attention, args.compile = "auto", False
-    decoder, stream = build(args)
+    decoder, stream = build_auto(args.train_txt)
     model = _Model(decoder)
     criterion = AdaptiveCrossEntropyCriterion(_Task(decoder.dictionary), sentence_avg=False)
     keep_freed_memory()  # as the task does at fairseq-train's first CPU step
