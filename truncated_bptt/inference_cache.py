@@ -5,7 +5,7 @@ an evaluation pass over a split (fairseq-train's validation, fairseq-eval-lm), o
 (fairseq-generate / -interactive). Within it consecutive segments share
 
 - the attention mask and position encodings of each shape (they depend on shapes and options only),
-  and, in fp32, the index that realigns the position scores and applies the mask
+  and, outside half precision, the index that realigns the position scores and applies the mask
   (:func:`~truncated_bptt.relative_attention.position_index`),
 - every layer's position keys ``r_net(encodings)`` of each shape (they depend on the weights),
 - the keys and values of the memory, kept beside it (:class:`~truncated_bptt.memory.XLMemory`) and

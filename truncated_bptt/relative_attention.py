@@ -206,8 +206,8 @@ def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: T
     where the reference writes them with the content GEMM and then adds the expanded, shifted
     position term and the mask in further passes. Masked scores end as ``-1e30 + (q+u).k``, which is
     ``-1e30`` in fp32 (the product is far below its rounding step), and the softmax gives them 0
-    as in the reference. Same arguments as :func:`relative_attention` (q, k, v fp32), with
-    ``index`` ``[T, K]`` in place of the mask.
+    as in the reference. Not for half precision, whose scores the reference normalises in fp32.
+    Same arguments as :func:`relative_attention`, with ``index`` ``[T, K]`` in place of the mask.
     """
     bsz, qlen, n_head, d_head = q.shape
     klen = k.size(1)
