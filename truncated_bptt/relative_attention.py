@@ -214,7 +214,7 @@ def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: T
     scale = 1.0 / math.sqrt(d_head)
     q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
     position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*T, P+1]
-    position[:, :, 0] = -1e30  # MASK_VALUE: what masked pairs read
+    position.select(2, 0).fill_(-1e30)  # MASK_VALUE: what masked pairs read (no scalar tensor made)
     position = position.view(n_head, bsz, qlen, -1).transpose(0, 1)
     score = position.gather(3, index.expand(bsz, n_head, qlen, klen))  # [B, H, T, K], contiguous
     q_content = ((q + r_w_bias) * scale).transpose(1, 2).reshape(bsz * n_head, qlen, d_head)
