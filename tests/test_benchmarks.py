@@ -243,3 +243,42 @@ def test_profile_model_reports_the_softmax_products_beside_the_bytes_they_read(t
     read_mb = float(out.split("reading ")[1].split(" MB")[0])
     assert read_mb > 4 * 256 * 2002 / 1e6  # at least the head's weights every step
     assert float(out.split("(main memory): ")[1].split(" GB/s")[0]) > 0
+
+
+def test_scoring_cache_script_times_every_part_three_ways(tmp_path):
+    """benchmarks/scoring_cache.py (quoted in docs/benchmarks.md): one row per layer and one for the
+    softmax, in the loop / hot / cold, whose sums are the sum row."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scoring_cache", "--repeats", "1",
+                          "--segments", "2", "--flush-mb", "8", "--out", str(tmp_path)], cwd=ROOT,
+                         env=cli_env(), check=True, stdout=subprocess.PIPE, text=True).stdout
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("scoring-cache-") and written.read_text() in out
+    lines = out.splitlines()
+    rows = [line for line in lines if line.startswith(("layer ", "softmax "))]
+    assert [row.split()[0] for row in rows] == ["layer"] * 4 + ["softmax"]
+    columns = [[float(v) for v in row.split()[-3:]] for row in rows]
+    (total,) = [line for line in lines if line.startswith("sum of the parts")]
+    for n, value in enumerate(float(v) for v in total.split()[-3:]):
+        assert abs(sum(c[n] for c in columns) - value) < 0.03
+    assert "with every part hot a segment would take" in out and "256 MB" in out
+
+
+def test_scoring_cache_replays_are_checked_against_the_pass(monkeypatch):
+    """A part whose replay computes something else than the pass did is refused, not timed."""
+    from benchmarks import scoring_cache
+    from benchmarks.profile_model import build_auto
+
+    torch.manual_seed(0)
+    decoder, stream = build_auto(None)
+    stream = stream.reshape(1, -1)
+    decoder.set_memory_options(mem_len=128, clamp_len=0, same_length=False)
+    decoder.eval()
+    with torch.no_grad():
+        parts = scoring_cache.capture_parts(decoder, stream, 0)
+        assert [name for name, _ in parts] == ["layer 0", "layer 1", "layer 2", "layer 3",
+                                               "softmax (target_log_probs)"]
+        forward = type(decoder.layers[2].ff).forward
+        monkeypatch.setattr(decoder.layers[2].ff, "forward",
+                            lambda h: forward(decoder.layers[2].ff, h) + torch.rand(()))
+        with pytest.raises(RuntimeError, match="replaying layer 2 gave another result"):
+            scoring_cache.capture_parts(decoder, stream, 1)
