@@ -24,11 +24,10 @@ import time
 
 import torch
 
-from benchmarks.profile_model import build_auto
 from benchmarks.results_file import write_results
+from benchmarks.scoring_setup import TOKENS, add_common_arguments, scoring_decoder
 from truncated_bptt import relative_attention
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"indexed": "auto", "reference": "reference"}
 
 
@@ -76,20 +75,12 @@ def checked_log_probs(decoder, stream, segments: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8, help="timed passes per variant")
     parser.add_argument("--segments", type=int, default=96, help="segments of 64 tokens per pass")
-    parser.add_argument("--train-txt", default=None, help="as benchmarks/profile_model.py's")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    add_common_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    decoder, stream = build_auto(args.train_txt)
-    stream = stream.reshape(1, -1)
-    if stream.size(1) < 64 * args.segments + 1:
-        raise SystemExit(f"scoring_attention_speed: --segments {args.segments} needs "
-                         f"{64 * args.segments + 1} tokens; the stream has {stream.size(1)}")
-    decoder.set_memory_options(mem_len=640, clamp_len=400, same_length=True)
-    decoder.eval()
+    decoder, stream = scoring_decoder(args, TOKENS * args.segments + 1,
+                                      f"scoring_attention_speed: --segments {args.segments}")
     checked = checked_log_probs(decoder, stream, min(args.segments, 16))
     worst = (checked["indexed"] - checked["reference"]).abs().max().item()
     times = {variant: [] for variant in VARIANTS}

@@ -32,11 +32,10 @@ from typing import Callable, List, Tuple
 
 import torch
 
-from benchmarks.profile_model import build_auto
+from benchmarks.profile_model import read_gb_per_s
 from benchmarks.results_file import write_results
+from benchmarks.scoring_setup import CLAMP_LEN, MEM_LEN, TOKENS, add_common_arguments, scoring_decoder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOKENS, MEM_LEN, CLAMP_LEN = 64, 640, 400
 FULL_MEMORY = MEM_LEN // TOKENS + 2  # segments after which every layer's memory holds mem_len
 
 
@@ -93,18 +92,6 @@ def timed(run: Callable[[], object], repeats: int, flush: torch.Tensor = None) -
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def read_bandwidth(megabytes: int, runs: int = 5) -> float:
-    """GB/s of summing an fp32 tensor of ``megabytes`` read again and again (median run)."""
-    data = torch.ones(megabytes * 2 ** 20 // 4)
-    data.sum()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        data.sum()
-        times.append(time.perf_counter() - start)
-    return megabytes * 2 ** 20 / statistics.median(times) / 1e9
 
 
 def timed_loop(decoder, stream, first: int, segments: int) -> Tuple[List[float], List[List[float]]]:
@@ -164,23 +151,14 @@ def measure(decoder, stream, repeats: int, segments: int, flush_mb: int) -> List
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15, help="runs of each part, hot and cold")
     parser.add_argument("--segments", type=int, default=40, help="timed segments of the scoring loop")
     parser.add_argument("--flush-mb", type=int, default=256,
                         help="megabytes written before each cold run (far larger than the caches)")
-    parser.add_argument("--train-txt", default=None, help="as benchmarks/profile_model.py's")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    add_common_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    decoder, stream = build_auto(args.train_txt)
-    stream = stream.reshape(1, -1)
-    needed = TOKENS * (FULL_MEMORY + args.segments + 1) + 1
-    if stream.size(1) < needed:
-        raise SystemExit(f"scoring_cache: --segments {args.segments} needs {needed} tokens; the "
-                         f"stream has {stream.size(1)}")
-    decoder.set_memory_options(mem_len=MEM_LEN, clamp_len=CLAMP_LEN, same_length=True)
-    decoder.eval()
+    decoder, stream = scoring_decoder(args, TOKENS * (FULL_MEMORY + args.segments + 1) + 1,
+                                      f"scoring_cache: --segments {args.segments}")
     lines = [f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}",
              f"scoring 1 x {TOKENS} tokens a segment, mem_len {MEM_LEN}, clamp_len {CLAMP_LEN}, "
@@ -188,7 +166,7 @@ def main():
              f"median of {args.repeats} runs per part; cold: after writing {args.flush_mb} MB",
              *measure(decoder, stream, args.repeats, args.segments, args.flush_mb),
              "read bandwidth by working set (an fp32 tensor summed again and again): "
-             + ", ".join(f"{mb} MB {read_bandwidth(mb):.1f} GB/s" for mb in (1, 2, 4, 8, 16, 32, 64, 256))]
+             + ", ".join(f"{mb} MB {read_gb_per_s(mb):.1f} GB/s" for mb in (1, 2, 4, 8, 16, 32, 64, 256))]
     text = "\n".join(lines)
     print(text)
     write_results(text, args.out, "scoring-cache", ".txt")
