@@ -55,15 +55,21 @@ def table(prof, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def training_step(model, stream, i: int) -> None:
+    """Forward and backward of the benchmark's training segment ``i`` (8 x 128 tokens of ``stream``,
+    memory carried over), gradients dropped after, as benchmarks/train_step_speed.py times it."""
+    src, tgt = stream[:, i * 128:(i + 1) * 128], stream[:, i * 128 + 1:(i + 1) * 128 + 1]
+    net_output = model(src, memory_key="train", segment_index=i)
+    (-model.target_log_probs(net_output[0], tgt, output_weights_of(net_output)).sum()).backward()
+    model.zero_grad(set_to_none=True)
+
+
 def profile_training(model, stream, steps: int) -> str:
     keep_freed_memory()  # what the task does at fairseq-train's first CPU step (cpu_heap.py)
     model.train()
 
     def step(i):
-        src, tgt = stream[:, i * 128:(i + 1) * 128], stream[:, i * 128 + 1:(i + 1) * 128 + 1]
-        net_output = model(src, memory_key="train", segment_index=i)
-        (-model.target_log_probs(net_output[0], tgt, output_weights_of(net_output)).sum()).backward()
-        model.zero_grad(set_to_none=True)
+        training_step(model, stream, i)
 
     for i in range(3):  # warm-up (and compilation with --compile)
         step(i)

@@ -282,3 +282,40 @@ def test_scoring_cache_replays_are_checked_against_the_pass(monkeypatch):
                             lambda h: forward(decoder.layers[2].ff, h) + torch.rand(()))
         with pytest.raises(RuntimeError, match="replaying layer 2 gave another result"):
             scoring_cache.capture_parts(decoder, stream, 1)
+
+
+def test_training_matmuls_records_the_flops_torch_counts():
+    """benchmarks/training_matmuls.py's recorder, against torch's own FLOP counter on one training
+    step of the benchmark model: the same products, the same FLOPs."""
+    from benchmarks import training_matmuls
+    from benchmarks.profile_model import build_auto, training_step
+
+    decoder, stream = build_auto(None)
+    decoder.train()
+    recorder = training_matmuls.ProductRecorder()
+    with FlopCounterMode(display=False) as counter, recorder:
+        training_step(decoder, stream, 0)
+    ours = sum(training_matmuls.flops(name, list(layouts)) * len(times)
+               for (name, layouts), times in recorder.calls.items())
+    assert ours == counter.get_total_flops() > 20e9
+    names = {name for name, _ in recorder.calls}
+    assert names == {"mm", "bmm", "addmm"}  # forward and backward, the softmax's mm.out included
+
+
+def test_training_matmuls_script_sums_its_products(tmp_path):
+    """benchmarks/training_matmuls.py (quoted in docs/benchmarks.md), tiny timings: its summary
+    counts the products and FLOPs its table lists."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.training_matmuls", "--steps", "1",
+                          "--seconds", "0.01", "--peak-seconds", "0.05", "--out", str(tmp_path)],
+                         cwd=ROOT, env=cli_env(), check=True, stdout=subprocess.PIPE, text=True).stdout
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("training-matmuls-") and written.read_text() in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("mm ", "bmm ", "addmm "))]
+    calls = sum(int(row[-6]) for row in rows)
+    gflop = sum(float(row[-5]) for row in rows)
+    summary = out.split(" matrix products a step, ")
+    assert int(summary[0].split()[-1]) == calls
+    assert abs(float(summary[1].split(" GFLOP")[0]) - gflop) < 0.01 * len(rows)
+    for label in ("the whole step", "its products inside the step", "the same products, each alone"):
+        assert label in out
+    assert "so if nothing but the products took time" in out
