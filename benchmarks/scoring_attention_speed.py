@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.results_file import write_results
+from benchmarks.results_file import rounds_table, write_results
 from benchmarks.scoring_setup import TOKENS, add_common_arguments, scoring_decoder
 from truncated_bptt import relative_attention
 
@@ -97,10 +97,7 @@ def main():
              f"{args.segments} segments a pass (the memory fills in the first 10), "
              f"vocabulary {len(decoder.dictionary)}",
              f"largest log-probability difference, indexed vs reference: {worst:.1e}",
-             "variant    best ms/segment  median ms/segment  rounds (ms/segment)"]
-    for variant, values in times.items():
-        lines.append(f"{variant:9s}  {min(values):15.2f}  {sorted(values)[len(values) // 2]:17.2f}  "
-                     + ", ".join(f"{v:.2f}" for v in values))
+             *rounds_table(times, "segment", 2)]
     ratio = min(times["reference"]) / min(times["indexed"])
     # Within a round the two ran back to back, so a drift of the machine between rounds cancels
     # in each round's own ratio.

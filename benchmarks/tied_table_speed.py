@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.profile_model import build_auto
-from benchmarks.results_file import write_results
+from benchmarks.results_file import rounds_table, write_results
 from truncated_bptt.adaptive_cross_entropy_criterion import AdaptiveCrossEntropyCriterion
 from truncated_bptt.cpu_heap import keep_freed_memory
 from truncated_bptt.tied_table import output_weights_of
@@ -104,10 +104,7 @@ def main():
              "training step 8 x 128 tokens, mem_len 128, fp32, WikiText-2 vocabulary (33,278 + specials), "
              "tied table 33280 x 256",
              f"largest gradient difference, one node vs plain, relative to the tensor's largest entry: {worst:.1e}",
-             "variant    best ms/step  median ms/step  rounds (ms/step)"]
-    for variant, values in times.items():
-        lines.append(f"{variant:9s}  {min(values):12.1f}  {sorted(values)[len(values) // 2]:14.1f}  "
-                     + ", ".join(f"{v:.1f}" for v in values))
+             *rounds_table(times, "step", 1)]
     ratio = min(times["plain"]) / min(times["one node"])
     lines.append(f"one node vs plain (best rounds): {ratio:.3f}x faster")
     text = "\n".join(lines)
