@@ -57,7 +57,8 @@ def table(prof, rows: int) -> str:
 
 def training_step(model, stream, i: int) -> None:
     """Forward and backward of the benchmark's training segment ``i`` (8 x 128 tokens of ``stream``,
-    memory carried over), gradients dropped after, as benchmarks/train_step_speed.py times it."""
+    memory carried over), gradients dropped after: the work of the step that
+    benchmarks/train_step_speed.py times through fairseq's task, called directly."""
     src, tgt = stream[:, i * 128:(i + 1) * 128], stream[:, i * 128 + 1:(i + 1) * 128 + 1]
     net_output = model(src, memory_key="train", segment_index=i)
     (-model.target_log_probs(net_output[0], tgt, output_weights_of(net_output)).sum()).backward()
@@ -67,15 +68,11 @@ def training_step(model, stream, i: int) -> None:
 def profile_training(model, stream, steps: int) -> str:
     keep_freed_memory()  # what the task does at fairseq-train's first CPU step (cpu_heap.py)
     model.train()
-
-    def step(i):
-        training_step(model, stream, i)
-
     for i in range(3):  # warm-up (and compilation with --compile)
-        step(i)
+        training_step(model, stream, i)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(3, 3 + steps):
-            step(i)
+            training_step(model, stream, i)
     return table(prof, 25)
 
 

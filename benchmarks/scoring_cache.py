@@ -49,6 +49,7 @@ def score_segment(decoder, stream, i: int) -> torch.Tensor:
     return decoder.target_log_probs(features, tgt)
 
 
+@torch.no_grad()
 def capture_parts(decoder, stream, i: int) -> List[Tuple[str, Callable[[], object]]]:
     """Score segment ``i`` and return its parts as (name, call) replaying them on the tensors it
     used: one per layer (through the decoder's own ``_call_layer``) and the softmax; each replay is

@@ -69,7 +69,9 @@ class ProductRecorder(TorchDispatchMode):
 def replay_seconds(name: str, layouts: Tuple[Layout, ...], seconds: float) -> float:
     """Best time of the product run alone, back to back for about ``seconds``, on random operands
     with the recorded shapes and strides (its output allocated by the op, as in the step)."""
-    operands = [torch.empty_strided(shape, strides).normal_() for shape, strides in layouts]
+    # random storage read through the recorded strides (which may repeat elements: stride 0)
+    operands = [torch.randn(1 + sum((n - 1) * st for n, st in zip(shape, strides))).as_strided(shape, strides)
+                for shape, strides in layouts]
     func = {"mm": torch.mm, "bmm": torch.bmm, "addmm": torch.addmm, "baddbmm": torch.baddbmm}[name]
     func(*operands)
     best, end = float("inf"), time.perf_counter() + seconds
