@@ -1,5 +1,6 @@
 """fairseq-eval-lm scoring with truncated_bptt_lm: one stream or several (batch > 1), fp32 and bf16,
 equal to the model streaming the same segments in-process."""
+import copy
 import math
 
 import pytest
@@ -39,7 +40,7 @@ def streamed_loss(model, task, streams, dtype):
     tokens = split_tokens(task)
     inputs = torch.cat([tokens.new_tensor([task.dictionary.eos()]), tokens[:-1]])
     length = tokens.numel() // streams
-    model = model.to(dtype)
+    model = copy.deepcopy(model).to(dtype)  # a cast back to fp32 would keep bf16-rounded weights
     total = 0.0
     with torch.no_grad():
         for k, start in enumerate(range(0, length, T)):
@@ -48,7 +49,6 @@ def streamed_loss(model, task, streams, dtype):
             tgt = torch.stack([tokens[r] for r in rows])
             features, _ = model(src, memory_key="test", segment_index=k)
             total -= model.decoder.target_log_probs(features, tgt).sum().item()
-    model.float()
     return total / tokens.numel() / math.log(2)
 
 
@@ -75,3 +75,23 @@ def test_eval_lm_one_stream_fp32_and_three_streams_bf16(setup):
     assert abs(three - three_bf16) < 0.05 * three  # ... but close
     assert eval_lm(data, ckpt, "--batch-size", "1") == pytest.approx(one, abs=2e-4)
     assert eval_lm(data, ckpt, "--batch-size", "3", "--bf16") == pytest.approx(three_bf16, abs=2e-4)
+
+
+def test_eval_lm_scores_steps_of_several_segments_as_one_segment_per_step(setup):
+    """fairseq-eval-lm's default steps hold 16 segments (the log says so); 1, 4 and the default
+    give the in-process segment-by-segment loss. A bad value stops with one line."""
+    data, ckpt, model, task = setup
+    one = streamed_loss(model, task, 2, torch.float32)
+    log = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+              "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(T), "--cpu",
+              "--batch-size", "2")
+    assert f"segments of {T} tokens, 16 per step" in log
+    assert parse_eval_lm(log)["loss"] == pytest.approx(one, abs=2e-4)
+    for segments in ("1", "4"):
+        loss = eval_lm(data, ckpt, "--batch-size", "2", "--eval-segments-per-step", segments)
+        assert loss == pytest.approx(one, abs=2e-4)
+    bad = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
+              "--path", ckpt, "--gen-subset", "test", "--cpu", "--eval-segments-per-step", "0",
+              check=False)
+    assert bad.returncode != 0
+    assert "--eval-segments-per-step must be a positive integer, got 0" in bad.stdout

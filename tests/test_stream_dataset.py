@@ -104,6 +104,30 @@ def test_every_token_is_a_target_once_and_inputs_are_the_preceding_tokens(
     assert len(lengths) == 1, "all ranks must have the same number of steps"
 
 
+@pytest.mark.parametrize("n,tps,batch_size,segments", [(229, 8, 2, 3), (41, 5, 2, 16), (7, 2, 1, 2)])
+def test_steps_of_several_segments_are_consecutive_steps_joined(n, tps, batch_size, segments):
+    """A step of k segments is the k one-segment steps it replaces, side by side, and says T."""
+    tokens = torch.arange(10, 10 + n)
+    one = StreamDataset(tokens, tps, batch_size, pad=PAD, eos=EOS, memory_key="test")
+    several = StreamDataset(tokens, tps, batch_size, pad=PAD, eos=EOS, memory_key="test",
+                            segments_per_step=segments)
+    assert len(several) == -(-len(one) // segments)
+    for step in range(len(several)):
+        batch = several[step]
+        parts = [one[i] for i in range(step * segments, min((step + 1) * segments, len(one)))]
+        for key in ("src_tokens", "src_lengths"):
+            joined = [p["net_input"][key] for p in parts]
+            joined = torch.cat(joined, dim=1) if key == "src_tokens" else sum(joined)
+            assert torch.equal(batch["net_input"][key], joined)
+        assert torch.equal(batch["target"], torch.cat([p["target"] for p in parts], dim=1))
+        assert batch["ntokens"] == sum(p["ntokens"] for p in parts)
+        assert batch["net_input"]["segment_length"] == tps
+        assert batch["net_input"]["segment_index"] == step
+    with pytest.raises(ValueError, match="segments_per_step must be positive"):
+        StreamDataset(tokens, tps, batch_size, pad=PAD, eos=EOS, memory_key="test",
+                      segments_per_step=0)
+
+
 def test_w2_b2_rows_are_w1_b4_rows():
     tokens = torch.arange(10, 90)
     whole = StreamDataset(tokens, 6, 4, 1, 0, pad=PAD, eos=EOS, memory_key="train")

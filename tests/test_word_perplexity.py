@@ -48,14 +48,14 @@ class UnigramModel(torch.nn.Module):
         return lp if log_probs else lp.exp()
 
 
-def make_task(tmp_path, lines, scheme, tokens_per_sample):
+def make_task(tmp_path, lines, scheme, tokens_per_sample, segments_per_step=1):
     d = Dictionary()
     for symbol in sorted({s for line in lines for s in line.split()}):
         d.add_symbol(symbol)
     d.save(str(tmp_path / "dict.txt"))
     binarize(str(tmp_path), str(tmp_path / "data"), "test", lines)
     cfg = TruncatedBPTTLMConfig(data=str(tmp_path / "data"), tokens_per_sample=tokens_per_sample,
-                                word_pieces=scheme)
+                                word_pieces=scheme, eval_segments_per_step=segments_per_step)
     task = TruncatedBPTTLMTask.setup_task(cfg)
     task.load_dataset("test")
     return task
@@ -71,12 +71,15 @@ def score(task, models, streams, softmax_batch=None, post_process=None):
                    post_process=post_process, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("streams,tokens_per_sample,softmax_batch",
-                         [(1, 64, None), (1, 3, None), (2, 3, None), (2, 4, 3)])
-def test_sentencepiece_words_by_hand(tmp_path, caplog, streams, tokens_per_sample, softmax_batch):
-    """Whatever the streams, segments (which cut words) and --softmax-batch chunks: 45 bits over
-    11 words, and fairseq's own per-token figure is the same 45 bits over 14 tokens."""
-    task = make_task(tmp_path, SP_LINES, "sentencepiece", tokens_per_sample)
+@pytest.mark.parametrize("streams,tokens_per_sample,softmax_batch,segments_per_step",
+                         [(1, 64, None, 1), (1, 3, None, 1), (2, 3, None, 1), (2, 4, 3, 1),
+                          (1, 3, None, 2), (2, 2, None, 16)])
+def test_sentencepiece_words_by_hand(tmp_path, caplog, streams, tokens_per_sample, softmax_batch,
+                                     segments_per_step):
+    """Whatever the streams, segments (which cut words), segments per step and --softmax-batch
+    chunks: 45 bits over 11 words, and fairseq's own per-token figure is the same 45 bits over 14
+    tokens."""
+    task = make_task(tmp_path, SP_LINES, "sentencepiece", tokens_per_sample, segments_per_step)
     with caplog.at_level(logging.INFO, logger="truncated_bptt.word_perplexity"):
         result = score(task, [UnigramModel(task.dictionary, BITS_A)], streams, softmax_batch)
     totals = task.word_scores.totals

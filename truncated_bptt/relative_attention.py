@@ -17,7 +17,7 @@ Everything here is written for ``torch.jit.script`` as well as eager use: the To
 (:mod:`truncated_bptt.torchscript_export`) runs these same functions and modules.
 """
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +225,41 @@ def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: T
     return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
 
+def indexed_window_attention(q: Tensor, keys: Tensor, values: Tensor, position_keys: Tensor,
+                             r_w_bias: Tensor, r_r_bias: Tensor, index: Tensor, qlen: int,
+                             key_start: int) -> Tensor:
+    """:func:`indexed_relative_attention` of consecutive segments of ``qlen`` queries, each over its
+    own window of one sequence of keys (:mod:`truncated_bptt.segment_block`).
+
+    q ``[B, n * qlen, H, Dh]``: the segments' queries; keys ``[B * H, Dh, L]`` and values
+    ``[B * H, L, Dh]``: head-major, of the whole ``[memory; block]``; segment ``j`` attends over
+    positions ``key_start + j * qlen`` onward, as many as ``index`` ``[qlen, window]`` has columns
+    (the index of its shape); position_keys ``[P + 1, H, Dh]``. Returns ``[B, n * qlen, H * Dh]``.
+
+    The position and query projections run once for all segments; the scores are made one segment
+    at a time, so each segment's ``[B, H, qlen, window]`` stays in the CPU's caches through its
+    gather, matrix product and softmax (all segments' scores at once are several times larger).
+    """
+    bsz, rows, n_head, d_head = q.shape
+    window = index.size(1)
+    scale = 1.0 / math.sqrt(d_head)
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * rows, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*rows, P+1]
+    position.select(2, 0).fill_(-1e30)  # MASK_VALUE, as in indexed_relative_attention
+    position = position.view(n_head, bsz, rows, -1).transpose(0, 1)  # [B, H, rows, P+1]
+    q_content = ((q + r_w_bias) * scale).transpose(1, 2).reshape(bsz * n_head, rows, d_head)
+    out = q.new_empty(bsz, rows, n_head, d_head)
+    for first in range(0, rows, qlen):
+        keys_from = key_start + first
+        score = position[:, :, first:first + qlen].gather(3, index.expand(bsz, n_head, qlen, window))
+        score.view(bsz * n_head, qlen, window).baddbmm_(
+            q_content[:, first:first + qlen], keys[:, :, keys_from:keys_from + window])
+        prob = torch.softmax(score, dim=-1).view(bsz * n_head, qlen, window)
+        attn = torch.bmm(prob, values[:, keys_from:keys_from + window])  # [B*H, qlen, Dh]
+        out[:, first:first + qlen] = attn.view(bsz, n_head, qlen, d_head).transpose(1, 2)
+    return out.view(bsz, rows, n_head * d_head)
+
+
 def fused_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
                              r_w_bias: Tensor, r_r_bias: Tensor, mask: Optional[Tensor],
                              dropatt: float = 0.0, training: bool = False) -> Tensor:
@@ -296,13 +331,8 @@ class RelativeMultiHeadAttention(nn.Module):
         position_index: an inference pass's (:class:`AttentionContext`); ``auto`` off CUDA then
         attends by :func:`indexed_relative_attention` (the mask is in the index), in fp32/fp64.
         """
-        bsz, qlen, _ = h.shape
-        n_head, d_head = self.n_head, self.d_head
-        x = self.layer_norm(h) if self.pre_lnorm else h
-        qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, n_head, d_head)
-        # split/unbind rather than indexing: their backward writes each gradient once (cat/stack),
-        # where an index's backward zero-fills a tensor of the whole qkv (or kv) and adds it up
-        q, kv = qkv.split([1, 2], dim=2)
+        qlen = h.size(1)
+        q, kv = self.queries_keys_values(h)
         if keys_values is not None:
             keys_values[:, keys_values.size(1) - qlen:].copy_(kv)
             kv = keys_values
@@ -310,19 +340,46 @@ class RelativeMultiHeadAttention(nn.Module):
             kv = torch.cat([self.memory_keys_values(memory).to(kv.dtype), kv], dim=1)
         if position_keys is None:
             position_keys = F.linear(encodings, self.r_net.weight)
-        q = q.squeeze(2)
         k, v = kv.unbind(2)
-        position_keys = position_keys.view(-1, n_head, d_head)
-        if self.implementation == "sdpa" or (self.implementation == "auto" and h.is_cuda):
-            attn = fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+        attn = self.attend(q, k, v, position_keys, r_w_bias, r_r_bias, mask, position_index)
+        return self.output(h, attn)
+
+    def queries_keys_values(self, h: Tensor) -> Tuple[Tensor, Tensor]:
+        """h ``[B, T, d_model]`` -> queries ``[B, T, n_head, d_head]``, keys/values
+        ``[B, T, 2, n_head, d_head]`` (views of one projection)."""
+        bsz, qlen, _ = h.shape
+        x = self.layer_norm(h) if self.pre_lnorm else h
+        qkv = F.linear(x, self.qkv_net.weight).view(bsz, qlen, 3, self.n_head, self.d_head)
+        # split/unbind rather than indexing: their backward writes each gradient once (cat/stack),
+        # where an index's backward zero-fills a tensor of the whole qkv (or kv) and adds it up
+        q, kv = qkv.split([1, 2], dim=2)
+        return q.squeeze(2), kv
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r_w_bias: Tensor,
+               r_r_bias: Tensor, mask: Optional[Tensor], position_index: Optional[Tensor]) -> Tensor:
+        """The attention kernel this module is set to (see :meth:`forward`): ``[B, T, H * Dh]``."""
+        position_keys = position_keys.view(-1, self.n_head, self.d_head)
+        if self.fused(q):
+            return fused_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
                                             self.dropatt, self.training)
-        elif position_index is not None and self.implementation == "auto" and not self.training \
-                and not (q.dtype == torch.float16 or q.dtype == torch.bfloat16):
-            attn = indexed_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias,
+        if position_index is not None and self.indexed(q):
+            return indexed_relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias,
                                               position_index)
-        else:
-            attn = relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
-                                      self.dropatt, self.training)
+        return relative_attention(q, k, v, position_keys, r_w_bias, r_r_bias, mask,
+                                  self.dropatt, self.training)
+
+    def fused(self, q: Tensor) -> bool:
+        """Whether :meth:`attend` runs :func:`fused_relative_attention`: sdpa, or auto on CUDA."""
+        return self.implementation == "sdpa" or (self.implementation == "auto" and q.is_cuda)
+
+    def indexed(self, q: Tensor) -> bool:
+        """Whether :meth:`attend`, given an inference pass's position index, runs
+        :func:`indexed_relative_attention`: auto off CUDA, in eval mode, outside half precision."""
+        return self.implementation == "auto" and not q.is_cuda and not self.training \
+            and not (q.dtype == torch.float16 or q.dtype == torch.bfloat16)
+
+    def output(self, h: Tensor, attn: Tensor) -> Tensor:
+        """The output projection of ``attn`` ``[B, T, H * Dh]``, then residual and LayerNorm."""
         out = self.o_net(attn)
         if self.dropout > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout)

@@ -9,6 +9,9 @@ Layout (S = batch_size x num_shards streams, N tokens, T = tokens_per_sample)::
     ranks:   rank r owns streams r*B ... r*B+B-1 (row b of its batches is stream r*B+b).
     steps:   step i gives every stream its tokens i*T ... i*T+T-1 (fewer at the last step);
              all ranks have the same number of steps and the same segment length per step.
+             With k segments per step (fairseq-eval-lm, ``--eval-segments-per-step``) a step
+             holds k consecutive segments, tokens i*k*T ... (i+1)*k*T-1, and the batch says
+             ``segment_length`` T: the model scores them as k segments in turn.
 
 Targets are the stream's own tokens; the input at each position is the token just before it in
 the split (``eos`` before the split's first token, as fairseq does), so a step's inputs and targets
@@ -37,15 +40,18 @@ class StreamDataset(FairseqDataset):
         shard_id: this rank r (0 <= r < W).
         pad, eos: dictionary indices.
         memory_key: name of the model memory these streams use (the split name).
+        segments_per_step: k, consecutive segments of every stream per step (k x T tokens).
     """
 
     def __init__(
         self, tokens, tokens_per_sample, batch_size, num_shards=1, shard_id=0, *, pad, eos,
-        memory_key,
+        memory_key, segments_per_step=1,
     ):
         super().__init__()
         if tokens_per_sample <= 0:
             raise ValueError(f"tokens_per_sample must be positive, got {tokens_per_sample}")
+        if segments_per_step <= 0:
+            raise ValueError(f"segments_per_step must be positive, got {segments_per_step}")
         if batch_size <= 0 or num_shards <= 0 or not 0 <= shard_id < num_shards:
             raise ValueError(
                 f"bad stream layout: batch_size={batch_size}, num_shards={num_shards}, "
@@ -59,6 +65,7 @@ class StreamDataset(FairseqDataset):
                 f"(batch_size {batch_size} x {num_shards} data-parallel ranks)"
             )
         self.tokens_per_sample = tokens_per_sample
+        self.step_tokens = tokens_per_sample * segments_per_step
         self.batch_size = batch_size
         self.num_shards = num_shards
         self.shard_id = shard_id
@@ -74,22 +81,22 @@ class StreamDataset(FairseqDataset):
         self.stream_lengths = base + (streams < extra).long()  # [S]
         self.stream_starts = streams * base + streams.clamp(max=extra)  # [S]
         self.max_stream_length = base + (1 if extra else 0)
-        self.num_steps = math.ceil(self.max_stream_length / tokens_per_sample)
+        self.num_steps = math.ceil(self.max_stream_length / self.step_tokens)
         self.streams = streams[shard_id * batch_size:(shard_id + 1) * batch_size]  # [B]
 
     def __len__(self):
         return self.num_steps
 
     def segment_length(self, step):
-        """Tokens per stream at ``step`` (T, or the remainder at the last step), same on all ranks."""
-        return min(self.tokens_per_sample, self.max_stream_length - step * self.tokens_per_sample)
+        """Tokens per stream at ``step`` (k x T, or the remainder at the last step), same on all ranks."""
+        return min(self.step_tokens, self.max_stream_length - step * self.step_tokens)
 
     def __getitem__(self, step):
         """The batch of ``step``: src_tokens/target LongTensor [B, T_step], padded at stream ends."""
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} out of range [0, {self.num_steps})")
         length = self.segment_length(step)
-        offsets = step * self.tokens_per_sample + torch.arange(length)  # [T_step] in-stream
+        offsets = step * self.step_tokens + torch.arange(length)  # [T_step] in-stream
         starts = self.stream_starts[self.streams]  # [B]
         lengths = self.stream_lengths[self.streams]  # [B]
         real = offsets.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T_step]
@@ -111,6 +118,7 @@ class StreamDataset(FairseqDataset):
                 "src_lengths": src_lengths,
                 "memory_key": self.memory_key,
                 "segment_index": step,
+                "segment_length": self.tokens_per_sample,
             },
             "target": target,
         }

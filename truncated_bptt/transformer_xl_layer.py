@@ -1,11 +1,13 @@
 """One Transformer-XL decoder layer: relative attention sublayer, then position-wise feed-forward."""
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from truncated_bptt.relative_attention import AttentionContext, RelativeMultiHeadAttention
+
+from truncated_bptt.segment_block import SegmentAttention, block_attention
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -59,11 +61,22 @@ class TransformerXLLayer(nn.Module):
         """h ``[B, T, d]`` -> ``[B, T, d]``. memory ``[B, M, d]`` (this layer's input at the memory
         positions) or None; keys_values / position_keys: what an inference pass already computed
         (see :meth:`RelativeMultiHeadAttention.forward`)."""
-        r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
-        if r_w_bias is None or r_r_bias is None:
-            r_w_bias, r_r_bias = context.r_w_bias, context.r_r_bias
-        assert r_w_bias is not None and r_r_bias is not None, "shared u/v missing from the context"
+        r_w_bias, r_r_bias = self._biases(context)
         out = self.attn(h, context.encodings, context.mask, r_w_bias, r_r_bias, memory=memory,
                         keys_values=keys_values, position_keys=position_keys,
                         position_index=context.position_index)
         return self.ff(out)
+
+    def forward_block(self, h: Tensor, keys_values: Tensor, segments: List[SegmentAttention]) -> Tensor:
+        """Consecutive segments at once in an inference pass (:mod:`truncated_bptt.segment_block`):
+        h ``[B, N, d]`` -> ``[B, N, d]``; see :func:`~truncated_bptt.segment_block.block_attention`."""
+        r_w_bias, r_r_bias = self._biases(segments[0].context)
+        return self.ff(block_attention(self.attn, h, keys_values, segments, r_w_bias, r_r_bias))
+
+    def _biases(self, context: AttentionContext) -> Tuple[Tensor, Tensor]:
+        """u/v: the layer's own, or the shared ones the context carries."""
+        r_w_bias, r_r_bias = self.r_w_bias, self.r_r_bias
+        if r_w_bias is None or r_r_bias is None:
+            r_w_bias, r_r_bias = context.r_w_bias, context.r_r_bias
+        assert r_w_bias is not None and r_r_bias is not None, "shared u/v missing from the context"
+        return r_w_bias, r_r_bias

@@ -35,6 +35,7 @@ from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
 from truncated_bptt.packed_weights import PackedSoftmax, can_pack
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
+from truncated_bptt.segment_block import SegmentAttention, plan_segments
 from truncated_bptt.tied_table import TiedOutputWeights, gather_and_split, output_weights_of
 from truncated_bptt.transformer_xl_layer import TransformerXLLayer
 
@@ -160,9 +161,10 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
         return cls(TransformerXLDecoder(cfg, task.target_dictionary))
 
     def forward(self, src_tokens, src_lengths=None, incremental_state=None, memory_key=_NOT_GIVEN,
-                segment_index=None, **kwargs):
+                segment_index=None, segment_length=None, **kwargs):
         """fairseq's entry point. Batches of ``truncated_bptt_lm`` carry ``memory_key`` (which
-        streams' memory to use) and ``segment_index``; ``memory_key=None`` runs one stateless segment.
+        streams' memory to use), ``segment_index`` and ``segment_length`` (fairseq-eval-lm's steps
+        hold several segments); ``memory_key=None`` runs one stateless segment.
 
         A batch without ``memory_key`` comes from another task (e.g. fairseq-eval-lm's default
         ``language_modeling``), which would score every segment without memory and report a
@@ -177,7 +179,8 @@ class TransformerXLLanguageModel(FairseqLanguageModel):
                 )
             memory_key = None
         return self.decoder(src_tokens, src_lengths=src_lengths, incremental_state=incremental_state,
-                            memory_key=memory_key, segment_index=segment_index)
+                            memory_key=memory_key, segment_index=segment_index,
+                            segment_length=segment_length)
 
     def max_positions(self):
         return UNLIMITED_POSITIONS
@@ -313,6 +316,46 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             h = F.dropout(h, p=self.cfg.dropout)
         return h, writer.memory_after(self.memory_options.mem_len)
 
+    def forward_segments(self, tokens: Tensor, segment_length: int, memory: Optional[XLMemory] = None,
+                         cache: Optional[InferenceCache] = None,
+                         embedded: Optional[Tensor] = None) -> Tuple[Tensor, Optional[XLMemory]]:
+        """Consecutive segments of ``segment_length`` tokens (the last may be shorter), each over
+        the memory the previous ones left: what :meth:`forward_segment` on each in turn returns.
+
+        tokens ``[B, N]``; returns features ``[B, N, d_model]`` and the memory after the last segment.
+        In an inference pass (``cache`` given) with memory the layers run the whole block at once
+        (:mod:`truncated_bptt.segment_block`); otherwise, and with ``--compile``, whose compiled
+        layers take one segment, segment by segment.
+        """
+        if cache is None or self.memory_options.mem_len == 0 or self.compiled_layers is not None:
+            return self._segments_in_turn(tokens, segment_length, memory, cache, embedded)
+        h = self.embed(tokens) if embedded is None else embedded
+        if memory is not None and memory.hiddens[0].dtype != h.dtype:
+            memory = memory.to(dtype=h.dtype)
+        mem_len = self.memory_options.mem_len
+        groups = plan_segments(0 if memory is None else memory.length, tokens.size(1), segment_length,
+                               mem_len)
+        contexts = [self._attention_context(g.qlen, g.mlen, h, cache) for g in groups]
+        position_keys = [cache.position_keys(self.layers, c.encodings) for c in contexts]
+        writer = GrowingWriter(self.layers, memory, tokens.size(1), mem_len, cache, h)
+        for i, layer in enumerate(self.layers):
+            _, keys_values = writer.layer_input(i, h)
+            segments = [SegmentAttention(g, c, keys[i]) for g, c, keys in zip(groups, contexts, position_keys)]
+            h = layer.forward_block(h, keys_values, segments)
+        return h, writer.memory_after(mem_len)
+
+    def _segments_in_turn(self, tokens: Tensor, segment_length: int, memory: Optional[XLMemory],
+                          cache: Optional[InferenceCache],
+                          embedded: Optional[Tensor]) -> Tuple[Tensor, Optional[XLMemory]]:
+        """:meth:`forward_segments` one :meth:`forward_segment` after another."""
+        features = []
+        for start in range(0, tokens.size(1), segment_length):
+            end = start + segment_length
+            part = None if embedded is None else embedded[:, start:end]
+            h, memory = self.forward_segment(tokens[:, start:end], memory, cache, part)
+            features.append(h)
+        return torch.cat(features, dim=1), memory
+
     def _attention_context(self, qlen: int, mlen: int, like: Tensor,
                            cache: Optional[InferenceCache]) -> AttentionContext:
         if cache is None:
@@ -362,14 +405,15 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
     # ---------------------------------------------------------------- fairseq's entry point
     def forward(self, src_tokens: Tensor, src_lengths=None, incremental_state=None,
                 memory_key: Optional[str] = None, segment_index: Optional[int] = None,
-                encoder_out=None, **unused):
+                segment_length: Optional[int] = None, encoder_out=None, **unused):
         """src_tokens ``[B, T]`` -> ``(features [B, T', d_model], extra)``; ``extra`` is fairseq's
         ``{"attn": [None], "inner_states": None}`` plus ``"output_weights"``: the softmax's weights
         from this forward's tied-table node, or None (see :meth:`_embed`).
 
         With ``incremental_state`` (generation) only the ``T'`` tokens not yet consumed are run
         (normally the last one); with ``memory_key`` the segment continues those streams (segment
-        0 starts them afresh); with neither it is one segment without memory.
+        0 starts them afresh), as consecutive segments of ``segment_length`` tokens if it is longer;
+        with neither it is one segment without memory.
         """
         output_weights = None
         if incremental_state is not None:
@@ -377,7 +421,8 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         else:
             embedded, output_weights = self._embed(src_tokens)
             if memory_key is not None:
-                features = self._stream_step(src_tokens, memory_key, segment_index, embedded)
+                features = self._stream_step(src_tokens, memory_key, segment_index, embedded,
+                                             segment_length)
             else:
                 features, _ = self.forward_segment(src_tokens, embedded=embedded)
         # output_weights: the softmax's weights from the tied-table node of this forward, or None;
@@ -402,9 +447,10 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         return features, {"attn": [None], "inner_states": None}
 
     def _stream_step(self, tokens: Tensor, key: str, segment_index,
-                     embedded: Optional[Tensor] = None) -> Tensor:
-        """The next segment of the streams ``key``: over their memory, which it then replaces.
-        ``embedded``: see :meth:`forward_segment`."""
+                     embedded: Optional[Tensor] = None, segment_length: Optional[int] = None) -> Tensor:
+        """The next segment of the streams ``key`` (or the next segments, of ``segment_length``
+        tokens each): over their memory, which it then replaces. ``embedded``: see
+        :meth:`forward_segment`."""
         index = 0 if segment_index is None else int(segment_index)
         if index == 0:  # a new pass over the split: fresh memory and, without gradients, cache
             self.reset_stream_memory(key)
@@ -412,7 +458,10 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         cache = self._usable_cache(self._stream_caches.get(key))
         if cache is not None:
             self._stream_caches[key] = cache
-        features, memory = self.forward_segment(tokens, memory, cache, embedded)
+        if segment_length is not None and tokens.size(1) > segment_length:
+            features, memory = self.forward_segments(tokens, int(segment_length), memory, cache, embedded)
+        else:
+            features, memory = self.forward_segment(tokens, memory, cache, embedded)
         if memory is None:
             self._stream_memory.pop(key, None)
         else:

@@ -72,6 +72,15 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
                           "(blocks of --tokens-per-sample tokens, the first of each never a "
                           "target), to reproduce that example's runs exactly"},
     )
+    eval_segments_per_step: int = field(
+        default=16,
+        metadata={"help": "fairseq-eval-lm: consecutive segments of --tokens-per-sample tokens "
+                          "every stream gives the model per step. The model scores them in turn, "
+                          "each over the memory the previous left, so the scores are those of one "
+                          "segment per step (to rounding), but runs each layer's matrix products "
+                          "and the softmax once per step for all of them (docs/model.md); 1 gives "
+                          "one segment per step"},
+    )
     carry_memory: bool = field(
         default=False,
         metadata={"help": "fairseq-interactive: generate each input over the memory left by the "
@@ -192,10 +201,11 @@ class TruncatedBPTTLMTask(FairseqTask):
         ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
         shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
         skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False,
-        **kwargs,
+        segments_per_step=1, **kwargs,
     ):
         """Steps of ``dataset`` (a TokenStream) for this rank: ``max_sentences`` streams per rank,
-        ``num_shards`` ranks. Never shuffled; ``seed``, ``max_positions``, batching by size and
+        ``num_shards`` ranks, ``segments_per_step`` segments of every stream per step (only in the
+        streams layout). Never shuffled; ``seed``, ``max_positions``, batching by size and
         ``num_workers`` / ``data_buffer_size`` (there is nothing to load) do not apply. Other
         datasets (fairseq-interactive prompts) are batched as fairseq does."""
         if not isinstance(dataset, TokenStream):
@@ -226,12 +236,14 @@ class TruncatedBPTTLMTask(FairseqTask):
                 f"{num_streams} streams (--batch-size {max_sentences} x {num_shards} processes) "
                 "need: lower --batch-size (--batch-size-valid for validation)"
             )
-        layout = ExampleLayoutDataset if self._root_setting(
-            "data_layout", int_value=False) == "fairseq_example" else StreamDataset
-        streams = layout(
-            dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards, shard_id,
-            pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name,
-        )
+        layout_args = dict(pad=self.dictionary.pad(), eos=self.dictionary.eos(), memory_key=dataset.name)
+        if self._root_setting("data_layout", int_value=False) == "fairseq_example":
+            layout = ExampleLayoutDataset
+        else:
+            layout = StreamDataset
+            layout_args["segments_per_step"] = segments_per_step
+        streams = layout(dataset.tokens, self.cfg.tokens_per_sample, max_sentences, num_shards,
+                         shard_id, **layout_args)
         # A step's batch is two slices of a tensor already in memory (microseconds): a data-loader
         # worker process (fairseq's default --num-workers 1) or prefetching thread only competes
         # with the model for the CPU, so the streams are always read in the main thread.
@@ -245,7 +257,8 @@ class TruncatedBPTTLMTask(FairseqTask):
         max_positions: Optional[int] = None, num_shards: int = 1, shard_id: int = 0,
         num_workers: int = 1, data_buffer_size: int = 10, context_window: int = 0,
     ):
-        """fairseq-eval-lm: ``batch_size`` streams (1 if unset) scored in order, each token once.
+        """fairseq-eval-lm: ``batch_size`` streams (1 if unset) scored in order, each token once,
+        ``--eval-segments-per-step`` segments of each per step.
 
         ``max_tokens`` (fairseq-eval-lm always passes one) and ``max_positions`` do not apply.
         """
@@ -256,14 +269,17 @@ class TruncatedBPTTLMTask(FairseqTask):
                 "--model-overrides \"{'mem_len': N}\" instead"
             )
         streams = batch_size or 1
+        segments = self.cfg.eval_segments_per_step
+        if not isinstance(segments, int) or segments < 1:
+            raise ValueError(f"--eval-segments-per-step must be a positive integer, got {segments!r}")
         logger.info(
-            "scoring %s in %d stream(s) of ~%s tokens, %d tokens per step",
+            "scoring %s in %d stream(s) of ~%s tokens, segments of %d tokens, %d per step",
             dataset.name, streams * num_shards, f"{len(dataset) // (streams * num_shards):,}",
-            self.cfg.tokens_per_sample,
+            self.cfg.tokens_per_sample, segments,
         )
         batches = self.get_batch_iterator(
             dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
-            num_workers=num_workers, data_buffer_size=data_buffer_size,
+            num_workers=num_workers, data_buffer_size=data_buffer_size, segments_per_step=segments,
         ).next_epoch_itr(shuffle=False)
         return word_perplexity.eval_lm_batches(self.cfg, self.word_scores, batches)  # --word-pieces
 
