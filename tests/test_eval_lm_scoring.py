@@ -78,16 +78,16 @@ def test_eval_lm_one_stream_fp32_and_three_streams_bf16(setup):
 
 
 def test_eval_lm_scores_steps_of_several_segments_as_one_segment_per_step(setup):
-    """fairseq-eval-lm's default steps hold 16 segments (the log says so); 1, 4 and the default
+    """fairseq-eval-lm's default steps hold 8 segments (the log says so); 1, 4 and the default
     give the in-process segment-by-segment loss. A bad value stops with one line."""
     data, ckpt, model, task = setup
     one = streamed_loss(model, task, 2, torch.float32)
     log = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
               "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(T), "--cpu",
               "--batch-size", "2")
-    assert f"segments of {T} tokens, 16 per step" in log
+    assert f"segments of {T} tokens, 8 per step" in log
     assert parse_eval_lm(log)["loss"] == pytest.approx(one, abs=2e-4)
-    for segments in ("1", "4"):
+    for segments in ("1", "4", "16"):
         loss = eval_lm(data, ckpt, "--batch-size", "2", "--eval-segments-per-step", segments)
         assert loss == pytest.approx(one, abs=2e-4)
     bad = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",

@@ -73,7 +73,7 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
                           "target), to reproduce that example's runs exactly"},
     )
     eval_segments_per_step: int = field(
-        default=16,
+        default=8,
         metadata={"help": "fairseq-eval-lm: consecutive segments of --tokens-per-sample tokens "
                           "every stream gives the model per step. The model scores them in turn, "
                           "each over the memory the previous left, so the scores are those of one "
