@@ -78,20 +78,21 @@ def test_eval_lm_one_stream_fp32_and_three_streams_bf16(setup):
 
 
 def test_eval_lm_scores_steps_of_several_segments_as_one_segment_per_step(setup):
-    """fairseq-eval-lm's default steps hold 8 segments (the log says so); 1, 4 and the default
-    give the in-process segment-by-segment loss. A bad value stops with one line."""
+    """fairseq-eval-lm's automatic steps fill 512 positions: 32 segments of 8 tokens at 2 streams
+    (the log says so); that, 1 and 4 segments per step all give the in-process segment-by-segment
+    loss. A bad value stops with one line."""
     data, ckpt, model, task = setup
     one = streamed_loss(model, task, 2, torch.float32)
     log = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
               "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(T), "--cpu",
               "--batch-size", "2")
-    assert f"segments of {T} tokens, 8 per step" in log
+    assert f"segments of {T} tokens, 32 per step" in log
     assert parse_eval_lm(log)["loss"] == pytest.approx(one, abs=2e-4)
-    for segments in ("1", "4", "16"):
+    for segments in ("1", "4"):
         loss = eval_lm(data, ckpt, "--batch-size", "2", "--eval-segments-per-step", segments)
         assert loss == pytest.approx(one, abs=2e-4)
     bad = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "truncated_bptt_lm",
-              "--path", ckpt, "--gen-subset", "test", "--cpu", "--eval-segments-per-step", "0",
+              "--path", ckpt, "--gen-subset", "test", "--cpu", "--eval-segments-per-step", "-1",
               check=False)
     assert bad.returncode != 0
-    assert "--eval-segments-per-step must be a positive integer, got 0" in bad.stdout
+    assert "--eval-segments-per-step must be 0 (auto) or a positive integer, got -1" in bad.stdout

@@ -41,6 +41,12 @@ from truncated_bptt.token_stream import TokenStream
 logger = logging.getLogger(__name__)
 
 
+# fairseq-eval-lm's automatic --eval-segments-per-step fills a step up to this many positions: at
+# the benchmark shape (batch 1, 64 tokens) 8 segments, about twice the speed of one (BENCHMARKS.md);
+# a batch of 8 streams already had as many positions per step, so its memory stays as it was.
+EVAL_STEP_POSITIONS = 512
+
+
 @dataclass
 class TruncatedBPTTLMConfig(FairseqDataclass):
     data: str = field(
@@ -73,13 +79,14 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
                           "target), to reproduce that example's runs exactly"},
     )
     eval_segments_per_step: int = field(
-        default=8,
+        default=0,
         metadata={"help": "fairseq-eval-lm: consecutive segments of --tokens-per-sample tokens "
                           "every stream gives the model per step. The model scores them in turn, "
                           "each over the memory the previous left, so the scores are those of one "
                           "segment per step (to rounding), but runs each layer's matrix products "
-                          "and the softmax once per step for all of them (docs/model.md); 1 gives "
-                          "one segment per step"},
+                          "and the softmax once per step for all of them (docs/model.md). 0 (auto): "
+                          f"as many as make {EVAL_STEP_POSITIONS} positions per step (streams x "
+                          "segments x tokens per sample), at least 1; 1: one segment per step"},
     )
     carry_memory: bool = field(
         default=False,
@@ -258,7 +265,8 @@ class TruncatedBPTTLMTask(FairseqTask):
         num_workers: int = 1, data_buffer_size: int = 10, context_window: int = 0,
     ):
         """fairseq-eval-lm: ``batch_size`` streams (1 if unset) scored in order, each token once,
-        ``--eval-segments-per-step`` segments of each per step.
+        ``--eval-segments-per-step`` segments of each per step (0: up to ``EVAL_STEP_POSITIONS``
+        positions per step).
 
         ``max_tokens`` (fairseq-eval-lm always passes one) and ``max_positions`` do not apply.
         """
@@ -270,8 +278,11 @@ class TruncatedBPTTLMTask(FairseqTask):
             )
         streams = batch_size or 1
         segments = self.cfg.eval_segments_per_step
-        if not isinstance(segments, int) or segments < 1:
-            raise ValueError(f"--eval-segments-per-step must be a positive integer, got {segments!r}")
+        if not isinstance(segments, int) or segments < 0:
+            raise ValueError(f"--eval-segments-per-step must be 0 (auto) or a positive integer, "
+                             f"got {segments!r}")
+        if segments == 0:
+            segments = max(1, EVAL_STEP_POSITIONS // (streams * self.cfg.tokens_per_sample))
         logger.info(
             "scoring %s in %d stream(s) of ~%s tokens, segments of %d tokens, %d per step",
             dataset.name, streams * num_shards, f"{len(dataset) // (streams * num_shards):,}",
