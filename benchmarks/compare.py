@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -335,13 +336,17 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
               f"fairseq-train ({name})", path)
         ckpts[name] = os.path.join(save, "checkpoint_last.pt")
     overrides = f'{{"mem_len": {EVAL_MEM}, "clamp_len": {EVAL_CLAMP}, "same_length": True}}'
-    # The headline pair (batch 1, fp32) alternates over rounds like the training steps; best round kept.
-    runs = [(EXAMPLE, 1, "fp32"), (OURS, 1, "fp32")] * args.eval_rounds + [
-        (OURS, args.eval_streams, "fp32"), (OURS, 1, "bf16"), (OURS, args.eval_streams, "bf16")]
+    # The headline pair (batch 1, fp32) alternates over rounds like the training steps, beside ours
+    # scoring one segment per step (--eval-segments-per-step 1; the default fills a step with
+    # several, truncated_bptt/segment_block.py); best round kept. `segments` None: the default.
+    runs = [(EXAMPLE, 1, "fp32", None), (OURS, 1, "fp32", None), (OURS, 1, "fp32", 1)] * args.eval_rounds + [
+        (OURS, args.eval_streams, "fp32", None), (OURS, 1, "bf16", None),
+        (OURS, args.eval_streams, "bf16", None)]
     entries = []
-    for i, (name, streams, dtype) in enumerate(runs):
+    for i, (name, streams, dtype, segments) in enumerate(runs):
         side = sides[name]
-        path = os.path.join(work, f"eval_speed-{name}-b{streams}-{dtype}-{i}.out")
+        tag = "" if segments is None else f"-k{segments}"
+        path = os.path.join(work, f"eval_speed-{name}-b{streams}-{dtype}{tag}-{i}.out")
         log(f"fairseq-eval-lm speed, {name}, batch {streams}, {dtype}")
         cmd = [side.cli("fairseq-eval-lm"), data, "--path", ckpts[name], "--user-dir", side.user_dir,
                "--task", "truncated_bptt_lm", "--gen-subset", "speedtest", "--cpu",
@@ -349,8 +354,11 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
                "--tokens-per-sample", str(EVAL_TPS), "--model-overrides", overrides]
         if dtype == "bf16":
             cmd.append("--bf16")
+        if segments is not None:
+            cmd += ["--eval-segments-per-step", str(segments)]
         res = run_cmd(cmd, path, threads)
-        entry = {"impl": name, "batch": streams, "dtype": dtype, "log": os.path.relpath(path, ROOT),
+        entry = {"impl": name, "batch": streams, "dtype": dtype, "segments": segments,
+                 "steps_of": segments_per_step(res["output"]), "log": os.path.relpath(path, ROOT),
                  "rc": res["rc"], "max_rss_mb": res["max_rss_mb"]}
         try:
             scored = parse_eval_lm(res["output"]) if res["rc"] == 0 else None
@@ -376,7 +384,8 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
             peak = peaks[entry.get("dtype", "fp32")]
             entry["fraction_of_peak"] = entry["model_flops_per_s"] / peak["flops_per_s"]
             entry["peak_dtype"] = peak["dtype"]
-    fp32_loss = {(e["impl"], e["batch"]): e.get("loss") for e in results["eval"] if e["dtype"] == "fp32"}
+    fp32_loss = {(e["impl"], e["batch"]): e.get("loss") for e in results["eval"]
+                 if e["dtype"] == "fp32" and e.get("segments") is None}
     for e in results["eval"]:
         if e["dtype"] == "bf16" and e.get("loss") is not None and fp32_loss.get((e["impl"], e["batch"])) == e["loss"]:
             # Same loss to all printed digits as fp32: the model was not run in bf16.
@@ -384,11 +393,18 @@ def measure_speed(args, sides: Dict[str, Side], data: str, work: str, results: D
                          "casts the model only for --fp16")
 
 
+def segments_per_step(output: str) -> Optional[int]:
+    """The segments per step our task's fairseq-eval-lm log says it scores, or None (the example)."""
+    found = re.search(r"segments of \d+ tokens, (\d+) per step", output)
+    return int(found.group(1)) if found else None
+
+
 def best_rounds(entries: List[Dict]) -> List[Dict]:
-    """One entry per (impl, batch, dtype): the fastest successful round, with all rounds' tokens/s."""
+    """One entry per (impl, batch, dtype, segments): the fastest successful round, with all rounds'
+    tokens/s."""
     groups: Dict[tuple, List[Dict]] = {}
     for e in entries:
-        groups.setdefault((e["impl"], e["batch"], e["dtype"]), []).append(e)
+        groups.setdefault((e["impl"], e["batch"], e["dtype"], e.get("segments")), []).append(e)
     best = []
     for group in groups.values():
         ok = [e for e in group if "error" not in e]
@@ -575,6 +591,16 @@ def fmt(x, digits=0):
     return f"{x:,.{digits}f}"
 
 
+def eval_label(entry: Dict) -> str:
+    """An eval-lm row's implementation, with ours' segments per step (when its log said)."""
+    if entry["impl"] == EXAMPLE:
+        return "fairseq example (HF TransfoXL)"
+    if entry.get("segments") is not None:
+        return f"ours, --eval-segments-per-step {entry['segments']}"
+    steps_of = entry.get("steps_of")
+    return "ours" if steps_of is None else f"ours ({steps_of} segments per step)"
+
+
 def report(results: Dict) -> str:
     lines = []
     mach = results["machine"]
@@ -625,12 +651,12 @@ def report(results: Dict) -> str:
         lines.append("|---|---:|---|---:|---:|---|---:|---:|---:|---|")
         base = {}
         for e in results["eval"]:
-            label = "fairseq example (HF TransfoXL)" if e["impl"] == EXAMPLE else "ours"
+            label = eval_label(e)
             if "error" in e:
                 lines.append(f"| {label} | {e['batch']} | {e['dtype']} | - | failed | - | - | - | - | "
                              f"{e['error'].replace('|', '/')} |")
                 continue
-            if e["dtype"] == "fp32" and e["batch"] == 1:
+            if e["dtype"] == "fp32" and e["batch"] == 1 and e.get("segments") is None:
                 base[e["impl"]] = e["tokens_per_s"]
             lines.append(f"| {label} | {e['batch']} | {e['dtype']} | {e['tokens']:,} | {fmt(e['tokens_per_s'])} | "
                          f"{', '.join(fmt(x) for x in e['tokens_per_s_rounds'])} | {fmt(e['max_rss_mb'])} | {e['model_flops_per_s'] / 1e9:.1f} | "

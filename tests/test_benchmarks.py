@@ -319,3 +319,23 @@ def test_training_matmuls_script_sums_its_products(tmp_path):
     for label in ("the whole step", "its products inside the step", "the same products, each alone"):
         assert label in out
     assert "so if nothing but the products took time" in out
+
+
+def test_eval_rows_keep_ours_one_segment_per_step_apart():
+    """The eval-lm rounds of ours with --eval-segments-per-step 1 form a row of their own beside
+    the default's (labelled with the segments per step its log names); the example has none."""
+    log = "INFO | scoring speedtest in 1 stream(s) of ~16,444 tokens, segments of 64 tokens, 8 per step"
+    assert compare.segments_per_step(log) == 8
+    assert compare.segments_per_step("Evaluated 16,444 tokens") is None
+    entries = [
+        {"impl": compare.OURS, "batch": 1, "dtype": "fp32", "segments": None, "steps_of": 8, "tokens_per_s": 9.0},
+        {"impl": compare.OURS, "batch": 1, "dtype": "fp32", "segments": 1, "steps_of": 1, "tokens_per_s": 5.0},
+        {"impl": compare.OURS, "batch": 1, "dtype": "fp32", "segments": None, "steps_of": 8, "tokens_per_s": 8.0},
+        {"impl": compare.EXAMPLE, "batch": 1, "dtype": "fp32", "segments": None, "steps_of": None,
+         "tokens_per_s": 2.0},
+    ]
+    rows = compare.best_rounds(entries)
+    assert [(r["segments"], r["tokens_per_s"], r["tokens_per_s_rounds"]) for r in rows] == [
+        (None, 9.0, [9.0, 8.0]), (1, 5.0, [5.0]), (None, 2.0, [2.0])]
+    assert [compare.eval_label(r) for r in rows] == [
+        "ours (8 segments per step)", "ours, --eval-segments-per-step 1", "fairseq example (HF TransfoXL)"]
