@@ -598,7 +598,9 @@ def eval_label(entry: Dict) -> str:
     if entry.get("segments") is not None:
         return f"ours, --eval-segments-per-step {entry['segments']}"
     steps_of = entry.get("steps_of")
-    return "ours" if steps_of is None else f"ours ({steps_of} segments per step)"
+    if steps_of is None:
+        return "ours"
+    return f"ours ({steps_of} segment{'' if steps_of == 1 else 's'} per step)"
 
 
 def report(results: Dict) -> str:

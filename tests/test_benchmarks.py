@@ -339,3 +339,4 @@ def test_eval_rows_keep_ours_one_segment_per_step_apart():
         (None, 9.0, [9.0, 8.0]), (1, 5.0, [5.0]), (None, 2.0, [2.0])]
     assert [compare.eval_label(r) for r in rows] == [
         "ours (8 segments per step)", "ours, --eval-segments-per-step 1", "fairseq example (HF TransfoXL)"]
+    assert compare.eval_label({"impl": compare.OURS, "steps_of": 1}) == "ours (1 segment per step)"
