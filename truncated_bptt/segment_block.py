@@ -9,11 +9,13 @@ its own window of the layer's keys and values, ``[memory before it; itself]``, w
 memory, keys and relative distances it has when scored alone. Only the order of the floating-point
 sums differs (to rounding).
 
-Segments whose windows have the same shape form a :class:`SegmentGroup` and attend in one batched
-call over strided views of the shared key/value buffer: in a pass with full memory, every segment
-of a block but a shorter last one. Used by :meth:`TransformerXLDecoder.forward_segments
+Segments whose windows have the same shape form a :class:`SegmentGroup` (in a pass with full
+memory, every segment of a block but a shorter last one), which shares one attention context. The
+indexed kernel (fp32 on CPU) attends its segments one at a time over slices of the block's keys and
+values laid out head by head once per layer; the other kernels attend a group in one batched call
+over its windows. Used by :meth:`TransformerXLDecoder.forward_segments
 <truncated_bptt.transformer_xl_model.TransformerXLDecoder.forward_segments>` when fairseq-eval-lm
-hands the model several segments per step (``--eval-segments``, docs/task.md).
+hands the model several segments per step (``--eval-segments-per-step``, docs/task.md).
 """
 import dataclasses
 from dataclasses import dataclass

@@ -87,7 +87,7 @@ class StreamDataset(FairseqDataset):
     def __len__(self):
         return self.num_steps
 
-    def segment_length(self, step):
+    def step_length(self, step):
         """Tokens per stream at ``step`` (k x T, or the remainder at the last step), same on all ranks."""
         return min(self.step_tokens, self.max_stream_length - step * self.step_tokens)
 
@@ -95,7 +95,7 @@ class StreamDataset(FairseqDataset):
         """The batch of ``step``: src_tokens/target LongTensor [B, T_step], padded at stream ends."""
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} out of range [0, {self.num_steps})")
-        length = self.segment_length(step)
+        length = self.step_length(step)
         offsets = step * self.step_tokens + torch.arange(length)  # [T_step] in-stream
         starts = self.stream_starts[self.streams]  # [B]
         lengths = self.stream_lengths[self.streams]  # [B]
@@ -132,14 +132,14 @@ class StreamDataset(FairseqDataset):
         return samples[0]
 
     def num_tokens(self, index):
-        return self.batch_size * self.segment_length(index)
+        return self.batch_size * self.step_length(index)
 
     def size(self, index):
-        return self.segment_length(index)
+        return self.step_length(index)
 
     @property
     def sizes(self):
-        return np.array([self.segment_length(i) for i in range(self.num_steps)], dtype=np.int64)
+        return np.array([self.step_length(i) for i in range(self.num_steps)], dtype=np.int64)
 
     def ordered_indices(self):
         return np.arange(self.num_steps, dtype=np.int64)

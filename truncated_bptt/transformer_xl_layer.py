@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from truncated_bptt.relative_attention import AttentionContext, RelativeMultiHeadAttention
-
 from truncated_bptt.segment_block import SegmentAttention, block_attention
 
 
