@@ -97,3 +97,29 @@ def test_task_option_selects_the_layout(tmp_path, layout):
     scored = sum(int(b["target"].ne(PAD).sum()) for b in batches)
     # fairseq_example: 6 blocks, 3 per stream, 3 targets in each but the short last one's 2
     assert scored == (23 if layout == "streams" else 17)
+
+
+@pytest.mark.parametrize("layout,segments", [("streams", 4), ("fairseq_example", 1)])
+def test_eval_lm_steps_hold_several_segments_only_in_the_streams_layout(tmp_path, caplog, monkeypatch,
+                                                                         layout, segments):
+    """fairseq-eval-lm's automatic segments per step fill 16 positions here (2 streams x 2 tokens x
+    4); the example's layout keeps one block per step, and the log says which."""
+    import logging
+
+    from truncated_bptt import truncated_bptt_lm_task
+    from truncated_bptt.token_stream import TokenStream
+    from truncated_bptt.truncated_bptt_lm_task import TruncatedBPTTLMConfig, TruncatedBPTTLMTask
+    from inference_models import make_dictionary_dir
+
+    from fairseq.data import Dictionary
+
+    data = make_dictionary_dir(str(tmp_path))
+    cfg = TruncatedBPTTLMConfig(data=data, tokens_per_sample=2, data_layout=layout)
+    task = TruncatedBPTTLMTask(cfg, Dictionary.load(os.path.join(data, "dict.txt")))
+    stream = TokenStream(torch.arange(4, 40), name="test")
+    monkeypatch.setattr(truncated_bptt_lm_task, "EVAL_STEP_POSITIONS", 16)
+    with caplog.at_level(logging.INFO, logger="truncated_bptt.truncated_bptt_lm_task"):
+        batches = list(task.eval_lm_dataloader(stream, batch_size=2))
+    assert f"segments of 2 tokens, {segments} per step" in caplog.text
+    assert batches[0]["net_input"]["src_tokens"].shape == (2, 2 * segments)
+    assert all(b["net_input"]["segment_length"] == 2 for b in batches)

@@ -281,7 +281,9 @@ class TruncatedBPTTLMTask(FairseqTask):
         if not isinstance(segments, int) or segments < 0:
             raise ValueError(f"--eval-segments-per-step must be 0 (auto) or a positive integer, "
                              f"got {segments!r}")
-        if segments == 0:
+        if self._root_setting("data_layout", int_value=False) == "fairseq_example":
+            segments = 1  # the example's blocks are scored one per step
+        elif segments == 0:
             segments = max(1, EVAL_STEP_POSITIONS // (streams * self.cfg.tokens_per_sample))
         logger.info(
             "scoring %s in %d stream(s) of ~%s tokens, segments of %d tokens, %d per step",
