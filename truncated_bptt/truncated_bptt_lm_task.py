@@ -86,7 +86,8 @@ class TruncatedBPTTLMConfig(FairseqDataclass):
                           "segment per step (to rounding), but runs each layer's matrix products "
                           "and the softmax once per step for all of them (docs/model.md). 0 (auto): "
                           f"as many as make {EVAL_STEP_POSITIONS} positions per step (streams x "
-                          "segments x tokens per sample), at least 1; 1: one segment per step"},
+                          "segments x tokens per sample), at least 1; 1: one segment per step "
+                          "(always with --data-layout fairseq_example)"},
     )
     carry_memory: bool = field(
         default=False,
