@@ -193,6 +193,17 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor, r
     return attn.transpose(1, 2).reshape(bsz, qlen, n_head * d_head)
 
 
+def masked_position_scores(q: Tensor, position_keys: Tensor, r_r_bias: Tensor, scale: float) -> Tensor:
+    """The position term ``(q + v).R`` of the indexed kernels, ``[B, H, T, P + 1]`` (a transposed
+    view): q ``[B, T, H, Dh]`` against position_keys ``[P + 1, H, Dh]``, one GEMM per head over all
+    ``B * T`` queries, with column 0 (the zero row's) set to ``-1e30``: what masked pairs read."""
+    bsz, qlen, n_head, d_head = q.shape
+    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
+    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*T, P+1]
+    position.select(2, 0).fill_(-1e30)  # MASK_VALUE (a literal, no scalar tensor made)
+    return position.view(n_head, bsz, qlen, -1).transpose(0, 1)
+
+
 def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: Tensor,
                                r_w_bias: Tensor, r_r_bias: Tensor, index: Tensor) -> Tensor:
     """:func:`relative_attention` without dropout, for inference passes in fp32 (or fp64), in fewer
@@ -212,10 +223,7 @@ def indexed_relative_attention(q: Tensor, k: Tensor, v: Tensor, position_keys: T
     bsz, qlen, n_head, d_head = q.shape
     klen = k.size(1)
     scale = 1.0 / math.sqrt(d_head)
-    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * qlen, d_head)
-    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*T, P+1]
-    position.select(2, 0).fill_(-1e30)  # MASK_VALUE: what masked pairs read (no scalar tensor made)
-    position = position.view(n_head, bsz, qlen, -1).transpose(0, 1)
+    position = masked_position_scores(q, position_keys, r_r_bias, scale)
     score = position.gather(3, index.expand(bsz, n_head, qlen, klen))  # [B, H, T, K], contiguous
     q_content = ((q + r_w_bias) * scale).transpose(1, 2).reshape(bsz * n_head, qlen, d_head)
     keys = k.permute(0, 2, 3, 1).reshape(bsz * n_head, d_head, klen)
@@ -243,10 +251,7 @@ def indexed_window_attention(q: Tensor, keys: Tensor, values: Tensor, position_k
     bsz, rows, n_head, d_head = q.shape
     window = index.size(1)
     scale = 1.0 / math.sqrt(d_head)
-    q_position = ((q + r_r_bias) * scale).permute(2, 0, 1, 3).reshape(n_head, bsz * rows, d_head)
-    position = torch.bmm(q_position, position_keys.permute(1, 2, 0))  # [H, B*rows, P+1]
-    position.select(2, 0).fill_(-1e30)  # MASK_VALUE, as in indexed_relative_attention
-    position = position.view(n_head, bsz, rows, -1).transpose(0, 1)  # [B, H, rows, P+1]
+    position = masked_position_scores(q, position_keys, r_r_bias, scale)  # [B, H, rows, P+1]
     q_content = ((q + r_w_bias) * scale).transpose(1, 2).reshape(bsz * n_head, rows, d_head)
     out = q.new_empty(bsz, rows, n_head, d_head)
     for first in range(0, rows, qlen):

@@ -297,9 +297,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         """
         if cache is not None and (torch.is_grad_enabled() or self.training):
             raise ValueError("an inference cache is only for eval mode without gradients")
-        h = self.embed(tokens) if embedded is None else embedded
-        if memory is not None and memory.hiddens[0].dtype != h.dtype:
-            memory = memory.to(dtype=h.dtype)
+        h, memory = self._input_and_memory(tokens, memory, embedded)
         qlen, mlen = tokens.size(1), 0 if memory is None else memory.length
         context = self._attention_context(qlen, mlen, h, cache)
         position_keys = [None] * len(self.layers) if cache is None \
@@ -329,9 +327,7 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         """
         if cache is None or self.memory_options.mem_len == 0 or self.compiled_layers is not None:
             return self._segments_in_turn(tokens, segment_length, memory, cache, embedded)
-        h = self.embed(tokens) if embedded is None else embedded
-        if memory is not None and memory.hiddens[0].dtype != h.dtype:
-            memory = memory.to(dtype=h.dtype)
+        h, memory = self._input_and_memory(tokens, memory, embedded)
         mem_len = self.memory_options.mem_len
         groups = plan_segments(0 if memory is None else memory.length, tokens.size(1), segment_length,
                                mem_len)
@@ -343,6 +339,14 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
             segments = [SegmentAttention(g, c, keys[i]) for g, c, keys in zip(groups, contexts, position_keys)]
             h = layer.forward_block(h, keys_values, segments)
         return h, writer.memory_after(mem_len)
+
+    def _input_and_memory(self, tokens: Tensor, memory: Optional[XLMemory],
+                          embedded: Optional[Tensor]) -> Tuple[Tensor, Optional[XLMemory]]:
+        """The tokens' embeddings (``embedded`` if given) and the memory in their dtype."""
+        h = self.embed(tokens) if embedded is None else embedded
+        if memory is not None and memory.hiddens[0].dtype != h.dtype:
+            memory = memory.to(dtype=h.dtype)
+        return h, memory
 
     def _segments_in_turn(self, tokens: Tensor, segment_length: int, memory: Optional[XLMemory],
                           cache: Optional[InferenceCache],
