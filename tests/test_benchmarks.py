@@ -231,6 +231,22 @@ def test_scoring_attention_speed_script_checks_both_kernels_and_writes_both_vari
     assert "\nindexed " in text and "\nreference " in text and "indexed faster in " in text
 
 
+def test_packed_tails_speed_script_times_both_variants_at_every_step_size(tmp_path):
+    """benchmarks/packed_tails_speed.py (quoted in docs/model.md): per segments-per-step both
+    variants' rounds and their ratio, and each variant's copy size (the script itself refuses a
+    round whose variant was not the one the decoder used, and scores that disagree)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.packed_tails_speed", "--rounds", "1",
+                          "--tokens", "256", "--segments-per-step", "1,2", "--out", str(tmp_path)],
+                         cwd=ROOT, env=cli_env(), check=True, stdout=subprocess.PIPE, text=True).stdout
+    (written,) = tmp_path.iterdir()
+    assert written.name.startswith("packed-tails-") and written.read_text() in out
+    assert "1 segment(s) per step (64 rows" in out and "2 segment(s) per step (128 rows" in out
+    assert out.count("\nall packed  ") == 2 and out.count("\nhead packed  ") == 2
+    assert out.count("head packed / all packed (best rounds): ") == 2
+    all_mb, head_mb = (float(out.split(f"{v} ")[1].split(" MB")[0]) for v in ("all packed", "head packed"))
+    assert head_mb < all_mb
+
+
 def test_profile_model_reports_the_softmax_products_beside_the_bytes_they_read(tmp_path):
     """benchmarks/profile_model.py (quoted in docs/benchmarks.md): both profiles, and for scoring the
     softmax products' time beside the weights they read and the machine's streaming bandwidth."""

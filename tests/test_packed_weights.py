@@ -43,10 +43,13 @@ def fp32_softmax(n_token, d_embed, d_proj, cutoffs, div_val):
     (16, 8, [50, 120], 2),    # per-cluster tables and projections
     (16, 16, [], 1),          # plain softmax
 ])
-def test_packed_softmax_scores_as_the_plain_one(monkeypatch, d_embed, d_proj, cutoffs, div_val):
+@pytest.mark.parametrize("pack_tails", [True, False])
+def test_packed_softmax_scores_as_the_plain_one(monkeypatch, d_embed, d_proj, cutoffs, div_val,
+                                                 pack_tails):
     sm = fp32_softmax(200, d_embed, d_proj, cutoffs, div_val)
-    packed = PackedSoftmax(0, sm.packed_clusters())
-    assert all(w.is_mkldnn for w, _, _ in packed.clusters)
+    packed = PackedSoftmax(0, sm.packed_clusters(pack_tails))
+    assert [w.is_mkldnn for w, _, _ in packed.clusters] == [True] + [pack_tails] * len(cutoffs)
+    assert packed.tails_packed == (pack_tails and len(cutoffs) > 0)
     calls = []
     real = packed_weights.packed_linear
     monkeypatch.setattr(packed_weights, "packed_linear",
@@ -56,7 +59,8 @@ def test_packed_softmax_scores_as_the_plain_one(monkeypatch, d_embed, d_proj, cu
     with torch.no_grad():
         plain_full, plain_picked = sm.log_probs(hidden), sm.target_log_probs(hidden, target)
         full, picked = sm.log_probs(hidden, packed), sm.target_log_probs(hidden, target, packed)
-    # one product per cluster for the full rows, one per cluster with targets for the picked ones
-    assert len(calls) == 2 * (len(cutoffs) + 1), calls
+    # one product per packed cluster for the full rows, one per packed cluster with targets for
+    # the picked ones (the plain tails go through their parameters)
+    assert len(calls) == 2 * (len(cutoffs) + 1 if pack_tails else 1), calls
     torch.testing.assert_close(full, plain_full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked, plain_picked, rtol=1e-5, atol=1e-5)

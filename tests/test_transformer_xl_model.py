@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference_models import dictionary, small_decoder, tokens
-from truncated_bptt import transformer_xl_model as txl
+from truncated_bptt import packed_weights, transformer_xl_model as txl
 from truncated_bptt.memory import XLMemory
 from truncated_bptt.transformer_xl_model import TransformerXLConfig, TransformerXLDecoder
 
@@ -569,6 +569,37 @@ def test_inference_scores_through_packed_softmax_weights_equal_the_plain_ones():
         torch.testing.assert_close(packed_scores[i], dec.target_log_probs(features, tgt).detach(),
                                    rtol=1e-5, atol=1e-5)
     assert dec._packed_softmax is packed
+
+
+@pytest.mark.parametrize("max_rows,tails_packed", [(12, True), (11, False)])
+def test_the_first_call_of_an_epoch_decides_whether_the_tail_clusters_are_packed(
+        monkeypatch, max_rows, tails_packed):
+    """The head's weights are always packed; the tail clusters' only when the cache epoch's first
+    softmax call has at most PACK_TAILS_MAX_ROWS rows (here 2 x 6 = 12), else they are served by
+    the plain weights. The scores are the plain weights' either way."""
+    monkeypatch.setattr(packed_weights, "PACK_TAILS_MAX_ROWS", max_rows)
+    packed_rows = []
+    real = packed_weights.packed_linear
+    monkeypatch.setattr(packed_weights, "packed_linear",
+                        lambda x, w, b: packed_rows.append(x.size(0)) or real(x, w, b))
+    dec = small_decoder(mem_len=8)
+    assert dec.softmax.n_clusters == 2
+    x = tokens(2, 13)
+    scores = scores_of_a_pass(dec, x)
+    packed = dec._packed_softmax
+    assert packed.clusters[0][0].is_mkldnn and packed.tails_packed == tails_packed
+    assert [w.is_mkldnn for w, _, _ in packed.clusters[1:]] == [tails_packed] * 2
+    # the head's product for all 12 rows of each call; the tails' only where they are packed
+    assert packed_rows.count(12) == 2
+    assert (len(packed_rows) > 2) == tails_packed, packed_rows
+    table = dec.softmax.out_layers[0].weight
+    if not tails_packed:  # no copy: the tails are the parameter's own rows
+        assert all(w.untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
+                   for w, _, _ in packed.clusters[1:])
+    for i, (src, tgt) in enumerate([(x[:, :6], x[:, 1:7]), (x[:, 6:12], x[:, 7:13])]):
+        features, _ = dec(src, memory_key="grad", segment_index=i)  # autograd on: plain weights
+        torch.testing.assert_close(scores[i], dec.target_log_probs(features, tgt).detach(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("invalidate", ["set_num_updates", "train", "load_state_dict", "to"])

@@ -116,17 +116,18 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             return None, None
         return self.cluster_weight, self.cluster_bias
 
-    def packed_clusters(self) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-        """:meth:`cluster_params` with every weight packed for oneDNN, the head's together with
-        its tail-cluster rows (:class:`~truncated_bptt.packed_weights.PackedSoftmax`)."""
+    def packed_clusters(self, pack_tails: bool = True) -> List[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """:meth:`cluster_params` detached, the head's weight packed for oneDNN together with its
+        tail-cluster rows, the tail clusters' weights packed too if ``pack_tails``
+        (:class:`~truncated_bptt.packed_weights.PackedSoftmax`)."""
         clusters = self.cluster_params()
         weight, bias, projection = clusters[0]
         tail_weight, tail_bias = self.tail_rows()
         if tail_weight is not None and tail_bias is not None:
             weight, bias = torch.cat([weight, tail_weight]), torch.cat([bias, tail_bias])
         clusters[0] = (weight, bias, projection)
-        return [(packed_weights.pack(w), b.detach().contiguous(),
-                 None if p is None else p.detach()) for w, b, p in clusters]
+        return [(packed_weights.pack(w) if i == 0 or pack_tails else w.detach(), b.detach().contiguous(),
+                 None if p is None else p.detach()) for i, (w, b, p) in enumerate(clusters)]
 
     def target_log_probs(self, hidden: Tensor, target: Tensor,
                          packed: Optional[packed_weights.PackedSoftmax] = None,

@@ -32,7 +32,7 @@ from truncated_bptt.adaptive_input import AdaptiveInput
 from truncated_bptt.compiled_layers import CompiledLayers
 from truncated_bptt.inference_cache import GrowingWriter, InferenceCache
 from truncated_bptt.memory import ConcatenatingWriter, MemoryOptions, XLMemory
-from truncated_bptt.packed_weights import PackedSoftmax, can_pack
+from truncated_bptt.packed_weights import PackedSoftmax, can_pack, packs_tails
 from truncated_bptt.projected_adaptive_softmax import ProjectedAdaptiveSoftmax
 from truncated_bptt.relative_attention import AttentionContext, attention_mask, position_encodings
 from truncated_bptt.segment_block import SegmentAttention, plan_segments
@@ -522,14 +522,16 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         self.invalidate_inference_caches()
         return super()._apply(fn, *args, **kwargs)
 
-    def _usable_packed_softmax(self) -> Optional[PackedSoftmax]:
-        """The softmax weights packed for oneDNN for this cache epoch (made on first use), in
-        inference on CPU in fp32 where torch has oneDNN; None elsewhere (packed_weights.py)."""
+    def _usable_packed_softmax(self, rows: int) -> Optional[PackedSoftmax]:
+        """The softmax weights packed for oneDNN for this cache epoch, in inference on CPU in fp32
+        where torch has oneDNN; None elsewhere (packed_weights.py). Made on first use, with the
+        tail clusters packed if that call has few ``rows`` (``packed_weights.packs_tails``)."""
         if torch.is_grad_enabled() or self.training \
                 or not can_pack(self.softmax.out_layers[0].weight):
             return None
         if self._packed_softmax is None or self._packed_softmax.epoch != self._cache_epoch:
-            self._packed_softmax = PackedSoftmax(self._cache_epoch, self.softmax.packed_clusters())
+            clusters = self.softmax.packed_clusters(packs_tails(rows))
+            self._packed_softmax = PackedSoftmax(self._cache_epoch, clusters)
         return self._packed_softmax
 
     def train(self, mode: bool = True):
@@ -558,14 +560,15 @@ class TransformerXLDecoder(FairseqIncrementalDecoder):
         ``output_weights``: those the forward that made ``features`` returned beside them
         (``tied_table.output_weights_of(net_output)``); without them the softmax slices its table."""
         weights = None if output_weights is None else output_weights.clusters
-        flat = self.softmax.target_log_probs(features.reshape(-1, features.size(-1)), target.reshape(-1),
-                                             self._usable_packed_softmax(), weights)
+        hidden = features.reshape(-1, features.size(-1))
+        flat = self.softmax.target_log_probs(hidden, target.reshape(-1),
+                                             self._usable_packed_softmax(hidden.size(0)), weights)
         return flat.view(target.shape)
 
     def output_layer(self, features: Tensor, **unused) -> Tensor:
         """Full fp32 log-probabilities ``[B, T, V]`` (generation-sized inputs only)."""
-        flat = self.softmax.log_probs(features.reshape(-1, features.size(-1)),
-                                      self._usable_packed_softmax())
+        hidden = features.reshape(-1, features.size(-1))
+        flat = self.softmax.log_probs(hidden, self._usable_packed_softmax(hidden.size(0)))
         return flat.view(*features.shape[:-1], flat.size(-1))
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):

@@ -31,7 +31,7 @@ from truncated_bptt import setup_checks, vocabulary_check  # wrong inputs, resum
 from truncated_bptt import word_perplexity  # fairseq-eval-lm --word-pieces (issue 16)
 from truncated_bptt.example_layout import ExampleLayoutDataset
 from truncated_bptt.checkpoint_schedule import SaveSchedule
-from truncated_bptt.cpu_heap import keep_freed_memory
+from truncated_bptt.cpu_heap import keep_freed_memory, return_freed_memory
 from truncated_bptt.stream_dataset import StreamDataset
 from truncated_bptt.stream_iterator import StreamEpochBatchIterator
 from truncated_bptt.stream_memory import StreamMemoryKeeper
@@ -295,6 +295,7 @@ class TruncatedBPTTLMTask(FairseqTask):
             dataset, max_sentences=streams, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size, segments_per_step=segments,
         ).next_epoch_itr(shuffle=False)
+        return_freed_memory()  # what loading the checkpoint freed (cpu_heap.py)
         return word_perplexity.eval_lm_batches(self.cfg, self.word_scores, batches)  # --word-pieces
 
     # ---- generation (fairseq-generate / fairseq-interactive): truncated_bptt/generation.py ------
