@@ -26,6 +26,7 @@ size of the whole run can be set by scoring instead of by loading.
 """
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -41,8 +42,10 @@ KEEP_BELOW_BYTES = 1 << 30
 _applied = False
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
-    """glibc's C library, or None (musl, macOS, Windows, ...)."""
+    """glibc's C library, or None (musl, macOS, Windows, ...); looked up once per process
+    (``find_library`` runs a subprocess)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     name = ctypes.util.find_library("c") or "libc.so.6"
